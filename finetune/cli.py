@@ -1,0 +1,244 @@
+"""``python -m finetune``: dataset -> validation -> Trainer -> best checkpoint -> test report.
+
+Every ``TrainingArguments`` flag works (``--max_steps``, ``--learning_rate``, ...) through
+``HfArgumentParser``; defaults are chosen for the model being trained and can be overridden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+__all__ = ["FinetuneArguments", "main", "training_defaults"]
+
+logger = logging.getLogger("finetune")
+
+
+@dataclass
+class FinetuneArguments:
+    """Options of ``python -m finetune`` besides the Trainer's own flags."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset folder (COCO as Roboflow exports it, YOLO with data.yaml, or "
+            "Pascal VOC). Default: the generated 'shapes' dataset (offline)."
+        },
+    )
+    roboflow: str | None = field(
+        default=None,
+        metadata={
+            "help": "Download WORKSPACE/PROJECT/VERSION from Roboflow (COCO format) "
+            "with ROBOFLOW_API_KEY from the environment."
+        },
+    )
+    checkpoint: str = field(
+        default="embedded",
+        metadata={
+            "help": "'embedded' (small model, CPU-friendly, warm-started), 'scratch' (the "
+            "same model, random init), a hub id such as "
+            "PekingU/rtdetr_r50vd_coco_o365, or a local checkpoint folder."
+        },
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Square input size; default: the checkpoint's."}
+    )
+    name: str | None = field(
+        default=None, metadata={"help": "Run name: writes runs/<name> (default: timestamp)."}
+    )
+    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run folders."})
+    plot_threshold: float = field(
+        default=0.5, metadata={"help": "Confidence threshold of the pictures (not of mAP)."}
+    )
+
+
+def training_defaults(checkpoint: str) -> dict[str, Any]:
+    """TrainingArguments defaults that suit the model; any flag given on the command line wins."""
+    common = {
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "save_total_limit": 1,
+        "metric_for_best_model": "eval_map",
+        "greater_is_better": True,
+        "remove_unused_columns": False,
+        "eval_do_concat_batches": False,
+        "weight_decay": 1e-4,
+        "max_grad_norm": 0.1,
+        "lr_scheduler_type": "cosine",
+        "logging_steps": 25,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "seed": 0,
+    }
+    if checkpoint in ("embedded", "scratch"):
+        return {
+            **common,
+            "num_train_epochs": 6,
+            "learning_rate": 5e-4,
+            "warmup_steps": 100,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 16,
+        }
+    return {
+        **common,
+        "num_train_epochs": 20,
+        "learning_rate": 5e-5,
+        "warmup_steps": 300,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
+    }
+
+
+def parse_args(argv: list[str] | None) -> tuple[FinetuneArguments, TrainingArguments, bool]:
+    """Parse both dataclasses; returns (ours, trainer's, whether --output_dir was given)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((FinetuneArguments, TrainingArguments))
+    known, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**training_defaults(known.checkpoint))
+    ours, targs = parser.parse_args_into_dataclasses(args=argv)
+    given = any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv)
+    return ours, targs, given
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ours, targs, output_given = parse_args(argv)
+
+    # Heavy imports after argument parsing so --help is instant.
+    from finetune.datasets import DatasetError, download_roboflow, load_dataset
+    from finetune.model import CheckpointError, load_model_and_processor
+    from finetune.runs import new_run_dir
+    from finetune.synthetic import default_dataset_dir, generate_dataset
+
+    started = time.monotonic()
+    try:
+        if ours.roboflow:
+            root = download_roboflow(
+                ours.roboflow, default_dataset_dir("roboflow-" + ours.roboflow.replace("/", "-"))
+            )
+        elif ours.dataset:
+            root = Path(ours.dataset)
+        else:
+            root = default_dataset_dir("shapes")
+            if not root.exists():
+                logger.info("generating the embedded 'shapes' dataset in %s", root)
+            root = generate_dataset(root, "shapes")
+        splits = load_dataset(root)
+    except (DatasetError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    logger.info(
+        "dataset %s (%s): %d classes %s; train %d, valid %d, test %d images",
+        root,
+        splits.layout,
+        len(splits.classes),
+        splits.classes,
+        len(splits.train),
+        len(splits.valid),
+        len(splits.test),
+    )
+    for note in splits.notes:
+        logger.info("  note: %s", note)
+
+    try:
+        model, processor = load_model_and_processor(
+            ours.checkpoint, splits.id2label, image_size=ours.image_size
+        )
+    except CheckpointError as exc:
+        return _fail(str(exc))
+
+    run_dir = Path(targs.output_dir) if output_given else new_run_dir(ours.runs_dir, ours.name)
+    targs.output_dir = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return _train_and_report(ours, targs, splits, model, processor, run_dir, started)
+
+
+def _train_and_report(
+    ours: FinetuneArguments,
+    targs: TrainingArguments,
+    splits: Any,
+    model: Any,
+    processor: Any,
+    run_dir: Path,
+    started: float,
+) -> int:
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from finetune.evaluate import evaluate_dataset
+    from finetune.report import plot_confusion_matrix, plot_curves, plot_predictions
+    from finetune.runs import BEST_DIR, atomic_write_json, best_checkpoint
+    from finetune.train import IGNORE_KEYS, build_trainer
+    from runtime.images import to_rgb_array
+
+    summary: dict[str, Any] = {
+        "dataset": str(splits.root),
+        "layout": splits.layout,
+        "classes": splits.classes,
+        "dataset_notes": splits.notes,
+        "checkpoint": ours.checkpoint,
+        "image_size": dict(processor.size),
+        "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "training_args": {k: v for k, v in asdict(ours).items()},
+    }
+    previous = run_dir / "metrics.json"
+    if targs.resume_from_checkpoint and previous.is_file():
+        summary = {**json.loads(previous.read_text()), **summary}
+    trainer = build_trainer(model, processor, splits, targs, run_dir, summary)
+    trainer.train(
+        resume_from_checkpoint=targs.resume_from_checkpoint, ignore_keys_for_eval=IGNORE_KEYS
+    )
+
+    best = best_checkpoint(run_dir)
+    model = AutoModelForObjectDetection.from_pretrained(best).eval()
+    processor = AutoImageProcessor.from_pretrained(best)
+    logger.info("evaluating %s on the test split (%d images)", best, len(splits.test))
+    test_metrics, predictions, targets = evaluate_dataset(
+        model, processor, splits.test, batch_size=targs.per_device_eval_batch_size
+    )
+    summary["test"] = test_metrics
+    summary["wall_time_s"] = round(time.monotonic() - started, 1)
+    atomic_write_json(run_dir / "metrics.json", summary)
+
+    images = [to_rgb_array(p) for p in list(splits.test.image_paths)[:6]]
+    pictures = [
+        plot_curves(summary["epochs"], run_dir / "curves.png"),
+        plot_confusion_matrix(
+            predictions,
+            targets,
+            splits.classes,
+            run_dir / "confusion_matrix.png",
+            ours.plot_threshold,
+        ),
+        plot_predictions(
+            images,
+            predictions,
+            targets,
+            splits.classes,
+            run_dir / "predictions.png",
+            ours.plot_threshold,
+        ),
+    ]
+    print()
+    print(
+        f"test mAP50:95 {test_metrics['map']:.3f}  mAP50 {test_metrics['map_50']:.3f}  "
+        f"mAP75 {test_metrics['map_75']:.3f}  ({len(splits.test)} images)"
+    )
+    print(f"wall time {summary['wall_time_s'] / 60:.1f} min")
+    print(f"best checkpoint  {run_dir / BEST_DIR}")
+    print(f"metrics          {run_dir / 'metrics.json'}")
+    for picture in pictures:
+        print(f"picture          {picture}")
+    print(f"next: python -m export --checkpoint {run_dir}")
+    return 0

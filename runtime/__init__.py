@@ -1,0 +1,1 @@
+"""rtdetr-deploy runtime: run an exported RT-DETR ONNX model with onnxruntime, no torch."""

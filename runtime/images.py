@@ -1,0 +1,76 @@
+"""Turn whatever the caller has into an RGB ``HxWx3`` uint8 array.
+
+One loader for training, export verification, the benchmark and the runtime, so that
+grayscale, RGBA, palette and EXIF-rotated files are treated the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "ImageInput", "to_rgb_array"]
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or has an unsupported shape; names the file."""
+
+
+def _from_pil(image: Image.Image) -> np.ndarray:
+    if image.mode != "RGB":
+        if image.mode in ("RGBA", "LA", "P", "PA"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def to_rgb_array(image: ImageInput, *, bgr: bool = False) -> np.ndarray:
+    """Return ``image`` as a contiguous RGB uint8 array of shape ``(H, W, 3)``.
+
+    Args:
+        image: a file path, a ``PIL.Image`` (any mode) or a uint8 array ``HxW``, ``HxWx1``,
+            ``HxWx3`` or ``HxWx4``.
+        bgr: the array is in OpenCV's BGR(A) channel order (ignored for paths and PIL images).
+
+    Raises:
+        ImageError: the file is missing or does not decode, or the array has the wrong
+            dtype or shape.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as pil:
+                pil = ImageOps.exif_transpose(pil)
+                pil.load()
+                return _from_pil(pil)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{path}: cannot decode image ({exc})") from None
+    if isinstance(image, Image.Image):
+        return _from_pil(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ImageError(f"expected a uint8 image array, got dtype {image.dtype}")
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+            raise ImageError(
+                f"expected an image array of shape HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}"
+            )
+        if image.shape[2] == 1:
+            return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+        if bgr:
+            image = image[:, :, [2, 1, 0, 3][: image.shape[2]]]
+        if image.shape[2] == 4:
+            return _from_pil(Image.fromarray(np.ascontiguousarray(image), "RGBA"))
+        return np.ascontiguousarray(image)
+    raise ImageError(
+        "expected an image path, a PIL.Image or an HxWx3 uint8 numpy array, "
+        f"got {type(image).__name__}"
+    )

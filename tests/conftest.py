@@ -1,0 +1,22 @@
+"""Shared fixtures. Dataset builders live in ``dataset_factory.py`` as plain functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dataset_factory import write_roboflow_coco
+
+
+@pytest.fixture
+def roboflow_coco(tmp_path: Path) -> Path:
+    """A Roboflow COCO export with classes cat/dog and 3 images in each of train/valid/test."""
+    return write_roboflow_coco(tmp_path / "pets")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny RT-DETR checkpoint folder (config.json, safetensors, processor)."""
+    from model_factory import write_tiny_checkpoint  # torch: imported only when needed
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -200,8 +201,9 @@ def load_model_and_processor(
             dtype=torch.float32,
         )
         processor = AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=False)
-    except OSError as exc:
-        raise CheckpointError(f"{checkpoint}: cannot load weights: {exc}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{checkpoint}: cannot load weights ({first})") from None
     if not same_labels:
         _reset_class_heads(model)
     if image_size is not None:

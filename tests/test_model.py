@@ -1,0 +1,81 @@
+"""Model loading: label maps, class-head re-initialisation, clear errors offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+
+from finetune.model import CheckpointError, load_model_and_processor
+
+pytestmark = pytest.mark.model
+
+NEW_LABELS = {0: "bolt", 1: "nut", 2: "washer", 3: "screw"}
+
+
+def test_new_label_map_reinitialises_every_class_head(tiny_checkpoint: Path) -> None:
+    original, _ = load_model_and_processor(
+        str(tiny_checkpoint), {0: "circle", 1: "square", 2: "triangle"}
+    )
+    model, processor = load_model_and_processor(str(tiny_checkpoint), NEW_LABELS)
+    assert model.config.id2label == NEW_LABELS
+    assert model.config.label2id == {v: k for k, v in NEW_LABELS.items()}
+    inner = model.model
+    assert inner.enc_score_head.out_features == 4
+    assert [h.out_features for h in inner.decoder.class_embed] == [4]
+    assert inner.denoising_class_embed.num_embeddings == 5
+    # everything but the class heads is kept from the checkpoint
+    before, after = original.state_dict(), model.state_dict()
+    kept = [k for k in before if "score_head" not in k and "class_embed" not in k]
+    assert len(kept) > 100
+    for key in kept:
+        assert torch.equal(before[key], after[key]), key
+    assert processor.size["height"] == 64
+
+
+def test_same_label_map_keeps_the_head(tiny_checkpoint: Path) -> None:
+    labels = {0: "circle", 1: "square", 2: "triangle"}
+    a, _ = load_model_and_processor(str(tiny_checkpoint), labels)
+    b, _ = load_model_and_processor(str(tiny_checkpoint), labels)
+    assert torch.equal(a.model.enc_score_head.weight, b.model.enc_score_head.weight)
+
+
+def test_image_size_override(tiny_checkpoint: Path) -> None:
+    _, processor = load_model_and_processor(str(tiny_checkpoint), NEW_LABELS, image_size=96)
+    assert (processor.size["height"], processor.size["width"]) == (96, 96)
+
+
+def test_hub_id_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError) as info:
+        load_model_and_processor("PekingU/rtdetr_r50vd_coco_o365", NEW_LABELS)
+    message = str(info.value)
+    assert "cannot reach the Hugging Face Hub" in message
+    assert "--checkpoint DIR" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: (p / "config.json").unlink(), "no config.json"),
+        (lambda p: (p / "config.json").write_text("{not json"), "cannot load checkpoint"),
+        (
+            lambda p: (p / "config.json").write_text(json.dumps({"model_type": "bert"})),
+            "not RT-DETR",
+        ),
+        (lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 64), "cannot load"),
+    ],
+)
+def test_broken_checkpoints(tiny_checkpoint: Path, tmp_path: Path, mutate, expected: str) -> None:
+    broken = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, broken)
+    mutate(broken)
+    with pytest.raises(CheckpointError, match=expected) as info:
+        load_model_and_processor(str(broken), NEW_LABELS)
+    assert str(broken) in str(info.value)

@@ -7,6 +7,7 @@ grayscale, RGBA, palette and EXIF-rotated files are treated the same everywhere.
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 

@@ -13,11 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import onnxruntime as ort
 
@@ -29,6 +31,7 @@ __all__ = [
     "ProviderSpec",
     "check_providers",
     "normalize_provider",
+    "nvidia_driver_present",
     "plan_providers",
 ]
 
@@ -36,8 +39,9 @@ logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 DEFAULT_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
-ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
+ProviderSpec = str | tuple[str, dict[str, Any]]
 
+_NEEDS_NVIDIA_DRIVER = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _ALIASES = {
     "cpu": CPU,
     "cuda": "CUDAExecutionProvider",
@@ -50,6 +54,21 @@ _ALIASES = {
     "migraphx": "MIGraphXExecutionProvider",
     "qnn": "QNNExecutionProvider",
 }
+
+
+def nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads; without it CUDA and TensorRT cannot work.
+
+    Only used to keep them out of the *default* preference on machines without a GPU (where
+    onnxruntime-gpu would print a page of errors before falling back); explicit requests
+    always go to onnxruntime and are checked against ``session.get_providers()``.
+    """
+    library = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
 
 
 def normalize_provider(name: str) -> str:
@@ -89,6 +108,9 @@ class ProviderPlan:
 def plan_providers(providers: Sequence[ProviderSpec] | None) -> ProviderPlan:
     """Resolve ``providers`` (``None``: TensorRT > CUDA > CPU) into a :class:`ProviderPlan`.
 
+    The default preference keeps the providers this onnxruntime build offers, less TensorRT
+    and CUDA when no NVIDIA driver is installed.
+
     Providers that this onnxruntime build does not offer at all are not passed to the session
     (it would only print an error and fall back); they stay in ``requested`` so that the check
     reports them.
@@ -96,6 +118,8 @@ def plan_providers(providers: Sequence[ProviderSpec] | None) -> ProviderPlan:
     available = ort.get_available_providers()
     if providers is None:
         names = [p for p in DEFAULT_PREFERENCE if p in available]
+        if not nvidia_driver_present():
+            names = [p for p in names if p not in _NEEDS_NVIDIA_DRIVER]
         return ProviderPlan(tuple(names), list(names), explicit=False)
     if isinstance(providers, str):
         providers = [providers]
@@ -126,8 +150,9 @@ def check_providers(plan: ProviderPlan, used: Sequence[str], *, strict: bool, so
 
     Explicit request, provider not in use: ``warnings.warn`` (:class:`ProviderWarning`) and a
     log warning, or :class:`ProviderError` with ``strict``. Default preference: a log warning,
-    or :class:`ProviderError` with ``strict`` (every provider this onnxruntime build offers
-    among TensorRT, CUDA, CPU must then be in use).
+    or :class:`ProviderError` with ``strict`` (every provider of the default preference, see
+    :func:`plan_providers`, must then be in use: a GPU machine whose CUDA libraries do not
+    match fails instead of running on the CPU).
     """
     missing = [p for p in plan.requested if p not in used]
     if not missing:

@@ -111,8 +111,9 @@ def _check_contract(session: ort.InferenceSession, metadata: ModelMetadata, path
         )
     shape = next(i.shape for i in session.get_inputs() if i.name == "images")
     expected = (3, *metadata.input_size)
-    fixed = [(dim, want) for dim, want in zip(shape[1:], expected) if isinstance(dim, int)]
-    if len(shape) != 4 or any(dim != want for dim, want in fixed):
+    if len(shape) != 4 or any(
+        isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], expected, strict=True)
+    ):
         raise ModelLoadError(
             f"{path}: input 'images' has shape {shape} but the metadata says "
             f"[N, 3, {metadata.input_size[0]}, {metadata.input_size[1]}]"

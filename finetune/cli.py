@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 __all__ = ["FinetuneArguments", "main", "training_defaults"]
@@ -75,6 +76,7 @@ def training_defaults(checkpoint: str) -> dict[str, Any]:
         "logging_steps": 25,
         "report_to": "none",
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
         "seed": 0,
     }
     if checkpoint in ("embedded", "scratch"):

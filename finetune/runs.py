@@ -24,6 +24,17 @@ __all__ = [
 BEST_DIR = "best"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the result ordinary permissions (umask applied)."""
+    os.chmod(path, mode & ~_umask())
+
+
 class RunNotFoundError(FileNotFoundError):
     """No finished run (with a best checkpoint) where one was expected."""
 
@@ -74,6 +85,7 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
             json.dump(data, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        _publish_mode(Path(tmp), 0o666)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -92,6 +104,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     prev = path.with_name(f"{path.name}.prev")
     try:
         write(tmp)
+        _publish_mode(tmp, 0o777)
         if path.exists():
             if prev.exists():
                 shutil.rmtree(prev)

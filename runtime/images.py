@@ -27,7 +27,7 @@ def _from_pil(image: Image.Image) -> np.ndarray:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image)
         image = image.convert("RGB")
-    return np.asarray(image)
+    return np.array(image)  # a writable copy: torch warns on read-only arrays
 
 
 def to_rgb_array(image: ImageInput, *, bgr: bool = False) -> np.ndarray:

@@ -1,0 +1,295 @@
+"""``export_checkpoint``: checkpoint -> verified ``model.onnx`` (+ variants, + Triton repository).
+
+Every file is written under a temporary name, verified, and only then renamed to its final
+name. The fp32 model must pass or nothing is published (:class:`VerificationError`); a variant
+that fails is reported as failed and not published, and the fp32 model still ships. Once a
+new ``model.onnx`` is published, variants beside it from an earlier export are removed (they
+were built from the old model), so every ``model.*.onnx`` in the folder belongs to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoint
+from export.contract import check_opset
+from export.errors import ExportError, VerificationError
+from export.files import (
+    failed_report_path,
+    prepare_output,
+    report_path,
+    staging_path,
+    variant_path,
+)
+from export.samples import VerificationImages, caller_images, dataset_images
+from finetune.runs import atomic_write_json
+from runtime.metadata import ModelMetadata
+
+__all__ = ["VARIANTS", "ExportResult", "VariantResult", "export_checkpoint"]
+
+logger = logging.getLogger("export")
+
+VARIANTS = ("fp16", "int8", "slim")  # written as model.<variant>.onnx
+
+
+@dataclass
+class VariantResult:
+    """One variant (``fp16``, ``int8``, ``slim``): published path, or why it failed."""
+
+    name: str
+    path: Path | None
+    passed: bool
+    report: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class ExportResult:
+    """The published fp32 model, its verification report and its metadata.
+
+    Attributes:
+        path: The verified model, under its final name.
+        report: The verification report (also in ``<model>.verify.json``).
+        metadata: What the file carries in ``metadata_props``.
+        variants: One entry per requested variant, passed or not.
+        triton: The Triton model folder, when one was written.
+    """
+
+    path: Path
+    report: dict[str, Any]
+    metadata: ModelMetadata
+    variants: list[VariantResult] = field(default_factory=list)
+    triton: Path | None = None
+
+
+@dataclass
+class _Context:
+    loaded: LoadedCheckpoint
+    images: VerificationImages | None
+    reference: Any
+    threads: int | None
+    verify: bool
+
+
+def _publish(tmp: Path, final: Path, report: dict[str, Any]) -> None:
+    os.replace(tmp, final)
+    atomic_write_json(report_path(final), report)
+    failed_report_path(final).unlink(missing_ok=True)
+
+
+def _verify(ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata) -> dict[str, Any]:
+    from export.verify import TOLERANCES, check_graph, verify_onnx
+
+    if not ctx.verify:  # verify=False: structure only
+        problems = check_graph(tmp)
+        return {
+            "model": final.name,
+            "precision": metadata.precision,
+            "opset": metadata.opset,
+            "parity": "not verified (verify=False)",
+            "passed": not problems,
+            "failures": problems,
+        }
+    return verify_onnx(
+        tmp,
+        ctx.reference,
+        ctx.images,
+        expected=metadata,
+        tolerance=TOLERANCES[metadata.precision],
+        name=final.name,
+        threads=ctx.threads,
+    )
+
+
+def _reject(tmp: Path, final: Path, report: dict[str, Any]) -> Path | None:
+    tmp.unlink(missing_ok=True)
+    try:
+        atomic_write_json(failed_report_path(final), report)
+        return failed_report_path(final)
+    except OSError:
+        return None
+
+
+def _remove_stale_variants(output: Path) -> None:
+    """Variants and reports left from an earlier export were built from the model.onnx that
+    was just replaced: remove them so every file beside it belongs to it."""
+    for name in VARIANTS:
+        stale = variant_path(output, name)
+        for path in (stale, report_path(stale), failed_report_path(stale)):
+            if path.exists():
+                logger.info("removing %s (made from the previous %s)", path, output.name)
+                path.unlink()
+
+
+def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata) -> VariantResult:
+    from export.onnx_export import write_metadata
+    from export.variants import build_variant
+
+    final = variant_path(base, name)
+    tmp = staging_path(final)
+    try:
+        try:
+            precision, extra = build_variant(
+                name,
+                base,
+                tmp,
+                ctx.loaded.processor,
+                ctx.images.calibration if ctx.images else [],
+                num_decoder_layers=getattr(ctx.loaded.model.config, "decoder_layers", None),
+            )
+        except Exception as exc:  # any converter crash fails this variant only, not the export
+            text = str(exc).strip()
+            message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            report = {"model": final.name, "passed": False, "failures": [f"build: {message}"]}
+            _reject(tmp, final, report)
+            return VariantResult(name, None, False, report, message)
+        meta = replace(metadata, precision=precision, extra={**metadata.extra, **extra})
+        write_metadata(tmp, meta)
+        report = _verify(ctx, tmp, final, meta)
+        if not report["passed"]:
+            _reject(tmp, final, report)
+            return VariantResult(name, None, False, report, "; ".join(report["failures"]))
+        _publish(tmp, final, report)
+        return VariantResult(name, final, True, report)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    opset: int = 17,
+    images: list[np.ndarray] | None = None,
+    verify: bool = True,
+    variants: Sequence[str] = (),
+    triton_dir: str | Path | None = None,
+    triton_name: str = "rtdetr",
+    triton_max_batch: int = 8,
+    num_top_queries: int | None = None,
+    max_images: int = 64,
+    calibration_images: int = 32,
+    threads: int | None = None,
+) -> ExportResult:
+    """Export a checkpoint to a verified ONNX model with the label map and preprocessing inside.
+
+    Args:
+        checkpoint: A run folder (``runs/<name>``) or an RT-DETR checkpoint folder.
+        output: The ``.onnx`` path to write (or an existing folder for ``model.onnx`` in it).
+        opset: ONNX opset, 16 to 20.
+        images: RGB uint8 images to verify on; default the run's test split (else valid),
+            or generated images where the checkpoint has no dataset.
+        verify: Compare with PyTorch (the graph checks run regardless).
+        variants: Any of ``"fp16"``, ``"int8"``, ``"slim"`` (onnxslim), written as
+            ``model.<variant>.onnx`` and verified like the fp32 model.
+        triton_dir: Also write a Triton model repository there (``<name>/1/model.onnx``).
+        triton_name: The Triton model name.
+        triton_max_batch: Triton ``max_batch_size``.
+        num_top_queries: ``K``, detections per image; default the model's ``num_queries``.
+        max_images: Most dataset images verified on (mAP included).
+        calibration_images: Most training images used to calibrate int8.
+        threads: ONNX Runtime intra-op threads for verification (default min(4, CPUs)).
+
+    Returns:
+        The published model, its report and metadata, and the variants' outcomes.
+
+    Raises:
+        ExportError: Bad input: no run, missing or corrupt checkpoint, unsupported opset,
+            unwritable output, unknown variant.
+        VerificationError: The fp32 graph failed a check; nothing was published.
+
+    Example:
+        ```python
+        from export import export_checkpoint
+
+        result = export_checkpoint("runs/exp", "runs/exp/model.onnx", variants=["fp16"])
+        result.report["detections_top_10"]["agreement"]  # 1.0
+        ```
+    """
+    from export.onnx_export import build_metadata, trace_to_onnx, write_metadata
+
+    check_opset(opset)
+    for option, value in (
+        ("max_images", max_images),
+        ("calibration_images", calibration_images),
+        ("num_top_queries", num_top_queries or 1),
+        ("threads", threads or 1),
+    ):
+        if value < 1:
+            raise ExportError(f"{option} must be at least 1, got {value}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ExportError(f"unknown variant(s) {unknown}: choose from {list(VARIANTS)}")
+    if triton_dir is not None:
+        from export.triton import check_triton_options
+
+        check_triton_options(triton_name, triton_max_batch)
+    source = resolve_checkpoint(checkpoint)
+    final = prepare_output(output)
+    loaded = load_checkpoint(source.checkpoint)
+    metadata = build_metadata(loaded, opset=opset, num_top_queries=num_top_queries)
+
+    ctx = _Context(loaded, None, None, threads, verify)
+    if verify or "int8" in variants:  # int8 calibrates on the same sources
+        ctx.images = (
+            caller_images(images)
+            if images is not None
+            else dataset_images(
+                source.run_dir,
+                loaded.id2label,
+                max_images=max_images,
+                calibration=calibration_images,
+            )
+        )
+    if verify:
+        from export.reference import torch_reference
+
+        logger.info("PyTorch reference on %s", ctx.images.source)
+        ctx.reference = torch_reference(
+            loaded.model, loaded.processor, ctx.images.images, num_top_queries
+        )
+
+    tmp = staging_path(final)
+    try:
+        logger.info("exporting %s (opset %d)", source.checkpoint, opset)
+        trace_to_onnx(
+            loaded.model,
+            tmp,
+            opset=opset,
+            input_size=metadata.input_size,
+            num_top_queries=num_top_queries,
+        )
+        write_metadata(tmp, metadata)
+        logger.info("verifying %s", final.name)
+        report = _verify(ctx, tmp, final, metadata)
+        if not report["passed"]:
+            where = _reject(tmp, final, report)
+            raise VerificationError(
+                f"{final}: verification failed, model not written: "
+                + "; ".join(report["failures"]),
+                report,
+                where,
+            )
+        _publish(tmp, final, report)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    _remove_stale_variants(final)
+    result = ExportResult(final, report, metadata)
+    for name in variants:
+        logger.info("building the %s variant", name)
+        result.variants.append(_build_variant(ctx, name, final, metadata))
+    if triton_dir is not None:
+        from export.triton import write_triton_repository
+
+        result.triton = write_triton_repository(
+            final, triton_dir, metadata, name=triton_name, max_batch_size=triton_max_batch
+        )
+    return result

@@ -1,0 +1,81 @@
+"""The PyTorch side of verification: ``DeployModel`` outputs on preprocessed images.
+
+Computed once per export and shared by the fp32 model and every variant. The images are
+preprocessed by the checkpoint's own image processor, and the same ``pixel_values`` are then
+fed to ONNX Runtime, so a difference between the two backends is the graph's alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from export.parity import Detections
+
+__all__ = ["Reference", "median_ms", "torch_reference"]
+
+
+@dataclass
+class Reference:
+    """PyTorch outputs on the verification images, computed once for every variant."""
+
+    pixel_values: list[np.ndarray]  # [1, 3, H, W] float32 per image
+    sizes: list[np.ndarray]  # [1, 2] int64 (width, height) per image
+    outputs: list[Detections]
+    latency_ms: float | None  # median model-only latency, batch 1, after one warm-up
+    selection_ties: float = 0.0  # share of images whose encoder top-k boundary is a tie
+
+
+def median_ms(times: Sequence[float]) -> float | None:
+    """Median in ms of all but the first (warm-up) timing."""
+    rest = list(times[1:]) or list(times)
+    return round(statistics.median(rest) * 1000, 3) if rest else None
+
+
+def _boundary_tie(encoder_scores: Any, k: int) -> bool:
+    """Whether the k-th and (k+1)-th best encoder scores tie (which queries reach the
+    decoder is then arbitrary, and PyTorch and ONNX Runtime break the tie differently)."""
+    best = encoder_scores.max(-1).values.flatten()
+    if best.numel() <= k:
+        return False
+    top = best.topk(k + 1).values
+    return bool(top[k - 1] - top[k] <= 1e-6 * max(1.0, abs(float(top[k]))))
+
+
+def torch_reference(
+    model: Any, processor: Any, images: Sequence[np.ndarray], num_top_queries: int | None = None
+) -> Reference:
+    """Preprocess ``images`` with the checkpoint's processor and run ``DeployModel`` on them."""
+    import torch
+
+    from finetune.postprocess import DeployModel
+
+    deploy = DeployModel(model, num_top_queries).eval()
+    encoder: list[Any] = []
+    head = getattr(getattr(model, "model", None), "enc_score_head", None)
+    hook = head.register_forward_hook(lambda m, i, o: encoder.append(o)) if head else None
+    k = int(getattr(model.config, "num_queries", 300))
+    pixel_values, sizes, outputs, times, ties = [], [], [], [], []
+    try:
+        with torch.inference_mode():
+            for image in images:
+                image = image if image.flags.writeable else image.copy()  # torch warns otherwise
+                pv = processor(images=[image], return_tensors="pt")["pixel_values"].float()
+                size = torch.tensor([[image.shape[1], image.shape[0]]], dtype=torch.int64)
+                start = time.perf_counter()
+                labels, boxes, scores = deploy(pv, size)
+                times.append(time.perf_counter() - start)
+                pixel_values.append(pv.numpy())
+                sizes.append(size.numpy())
+                outputs.append(Detections(labels[0].numpy(), boxes[0].numpy(), scores[0].numpy()))
+                ties.extend(_boundary_tie(e, k) for e in encoder[-1:])
+    finally:
+        if hook is not None:
+            hook.remove()
+    tie_share = round(float(np.mean(ties)), 6) if ties else 0.0
+    return Reference(pixel_values, sizes, outputs, median_ms(times), tie_share)

@@ -1,0 +1,273 @@
+"""Verify an exported graph before it is published under its final name.
+
+Checks, in order: ``onnx.checker`` with ``full_check=True``; the graph's inputs and outputs
+against :mod:`export.contract`; the metadata read back as the runtime reads it; then parity with
+PyTorch on real images. Both backends get the SAME ``pixel_values`` (from the checkpoint's
+image processor), so any difference is the graph's. Parity is judged on detections (see
+:mod:`export.parity`), at a score threshold and on the top 10 per image, at batch 1 and again
+at batch 2 (the dynamic batch), and, where the images have ground truth, on mAP through
+:func:`finetune.metrics.mean_average_precision`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.contract import INPUTS, OUTPUTS, TensorSpec
+from export.parity import Detections, Tolerance, agreement, max_abs_diff
+from export.reference import Reference, median_ms
+from export.samples import VerificationImages
+from finetune.metrics import Boxes, mean_average_precision
+from runtime.metadata import MetadataError, ModelMetadata
+
+__all__ = [
+    "SCORE_THRESHOLD",
+    "TOLERANCES",
+    "TOP_N",
+    "check_graph",
+    "make_session",
+    "verify_onnx",
+]
+
+SCORE_THRESHOLD = 0.3
+TOP_N = 10
+# Margins set from measurements on the small model (192 px, 100 test images): fp32 matched
+# detections differ by <= 1e-6 in score and 1e-4 px; fp16 by 0.005 and 0.4 px (IoU >= 0.986,
+# mAP -0.0015); int8 by 0.099 and 4.3 px (IoU >= 0.90, mAP +-0.006). Agreement was 1.0 for all.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(
+        score_atol=1e-3, box_px=1.0, min_iou=0.99, min_agreement=0.99, max_map_drop=0.002
+    ),
+    "fp16": Tolerance(
+        score_atol=1e-2, box_px=2.0, min_iou=0.95, min_agreement=0.95, max_map_drop=0.01
+    ),
+    "int8": Tolerance(
+        score_atol=0.15, box_px=8.0, min_iou=0.8, min_agreement=0.9, max_map_drop=0.02
+    ),
+}
+
+
+def _versions() -> dict[str, str]:
+    names = ("rtdetr-deploy", "torch", "transformers", "onnx", "onnxruntime-gpu", "onnxruntime")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def make_session(path: Path, threads: int | None = None) -> Any:
+    """A CPU ``InferenceSession`` with few threads and no spinning (shared machines)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _contract_problems(graph_values: Sequence[Any], specs: Sequence[TensorSpec]) -> list[str]:
+    import onnx
+
+    problems = []
+    names = [v.name for v in graph_values]
+    if names != [s.name for s in specs]:
+        return [f"expected {[s.name for s in specs]}, graph has {names}"]
+    for value, spec in zip(graph_values, specs, strict=True):
+        tensor = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        dims = list(tensor.shape.dim)
+        if dtype != spec.dtype:
+            problems.append(f"{spec.name}: dtype {dtype}, contract says {spec.dtype}")
+        if len(dims) != spec.rank:
+            problems.append(f"{spec.name}: rank {len(dims)}, contract says {spec.rank}")
+        elif not dims[0].dim_param:
+            problems.append(f"{spec.name}: batch axis is fixed to {dims[0].dim_value}")
+    return problems
+
+
+def check_graph(path: Path) -> list[str]:
+    """``onnx.checker`` (full check) and the contract; returns the problems found."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return [f"onnx.checker: {str(exc).splitlines()[0]}"]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    return _contract_problems(inputs, INPUTS) + _contract_problems(graph.output, OUTPUTS)
+
+
+def _run(session: Any, pixel_values: np.ndarray, sizes: np.ndarray) -> list[Detections]:
+    labels, boxes, scores = session.run(
+        ["labels", "boxes", "scores"], {"images": pixel_values, "orig_target_sizes": sizes}
+    )
+    return [Detections(labels[i], boxes[i], scores[i]) for i in range(len(labels))]
+
+
+def _run_each(session: Any, reference: Reference) -> tuple[list[Detections], list[float]]:
+    outputs, times = [], []
+    for pv, size in zip(reference.pixel_values, reference.sizes, strict=True):
+        start = time.perf_counter()
+        outputs.extend(_run(session, pv, size))
+        times.append(time.perf_counter() - start)
+    return outputs, times
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's exception classes (they derive from Exception, not RuntimeError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = (
+        "Fail",
+        "InvalidArgument",
+        "InvalidGraph",
+        "NotImplemented",
+        "RuntimeException",
+        "EPFail",
+        "NoSuchFile",
+        "InvalidProtobuf",
+        "ModelLoaded",
+        "NoModel",
+        "EngineError",
+    )
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
+def _boxes(outputs: Sequence[Detections]) -> list[Boxes]:
+    return [Boxes(d.boxes, d.labels, d.scores) for d in outputs]
+
+
+def _map(
+    reference: Reference,
+    candidate: Sequence[Detections],
+    images: VerificationImages,
+    tol: Tolerance,
+) -> tuple[dict[str, Any], list[str]]:
+    if images.targets is None:
+        return {"measured": False, "reason": "; ".join(images.notes) or "no ground truth"}, []
+    ref = mean_average_precision(_boxes(reference.outputs), images.targets, images.class_names)
+    cand = mean_average_precision(_boxes(candidate), images.targets, images.class_names)
+    drop = round(ref["map"] - cand["map"], 6)
+    result = {
+        "measured": True,
+        "images": len(images.targets),
+        "pytorch": ref,
+        "onnx": cand,
+        "map_drop": drop,
+        "map50_drop": round(ref["map_50"] - cand["map_50"], 6),
+    }
+    failures = []
+    if drop > tol.max_map_drop:
+        failures.append(f"mAP50:95 drops by {drop:.4f} (> {tol.max_map_drop})")
+    return result, failures
+
+
+def verify_onnx(
+    path: Path,
+    reference: Reference,
+    images: VerificationImages,
+    *,
+    expected: ModelMetadata,
+    tolerance: Tolerance,
+    name: str,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run every check on the graph at ``path`` and return the report (``passed`` inside).
+
+    Args:
+        path: The graph to verify (still under its temporary name).
+        reference: PyTorch outputs on ``images``.
+        images: The verification images (with ground truth when mAP can be compared).
+        expected: The metadata the file must carry.
+        tolerance: Margins for this precision.
+        name: The final file name, for the report.
+        threads: ONNX Runtime intra-op threads.
+    """
+    report: dict[str, Any] = {
+        "model": name,
+        "precision": expected.precision,
+        "opset": expected.opset,
+        "source_checkpoint": expected.source_checkpoint,
+        "versions": _versions(),
+        "images": images.source,
+        "notes": list(images.notes),
+        "tolerance": tolerance.to_dict(),
+    }
+    failures = check_graph(path)
+    report["checker_and_contract"] = failures or "ok"
+    try:
+        from export.onnx_export import read_metadata
+
+        if read_metadata(path) != expected:
+            failures.append("metadata read back differs from the metadata written")
+    except MetadataError as exc:
+        failures.append(f"metadata: {exc}")
+    if failures:  # no point running a graph that breaks the contract
+        return {**report, "passed": False, "failures": failures}
+
+    try:
+        session = make_session(path, threads)
+        outputs, times = _run_each(session, reference)
+        # Dynamic batch: the first two images (or one twice) as one batch of 2.
+        pick = [0, 1] if len(outputs) > 1 else [0, 0]
+        batch = _run(
+            session,
+            np.concatenate([reference.pixel_values[i] for i in pick]),
+            np.concatenate([reference.sizes[i] for i in pick]),
+        )
+    except _ort_errors() as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {
+            **report,
+            "passed": False,
+            "failures": [f"onnxruntime: {type(exc).__name__}: {text}"],
+        }
+    report["provider"] = session.get_providers()[0]
+    report["latency_ms_median"] = {
+        "pytorch": reference.latency_ms,
+        "onnx": median_ms(times),
+        "what": "model only (no decode/resize), batch 1, CPU, "
+        "after one warm-up; a sanity figure, not a benchmark",
+    }
+    report["max_abs_diff"] = max_abs_diff(reference.outputs, outputs)
+    report["query_selection_ties"] = reference.selection_ties
+    thr = agreement(reference.outputs, outputs, tolerance, threshold=SCORE_THRESHOLD)
+    top = agreement(reference.outputs, outputs, tolerance, top=TOP_N)
+    report[f"detections_score_ge_{SCORE_THRESHOLD}"] = thr
+    report[f"detections_top_{TOP_N}"] = top
+    for label, result in ((f"score >= {SCORE_THRESHOLD}", thr), (f"top {TOP_N}", top)):
+        if result["agreement"] < tolerance.min_agreement:
+            failures.append(
+                f"detections ({label}): agreement {result['agreement']:.4f} "
+                f"< {tolerance.min_agreement}"
+            )
+
+    batched = agreement([outputs[i] for i in pick], batch, tolerance, top=TOP_N)
+    report["dynamic_batch"] = {"batch_size": len(pick), **batched}
+    if batched["agreement"] < tolerance.min_agreement:
+        failures.append(f"batch of 2 disagrees with batch 1 (agreement {batched['agreement']})")
+
+    report["map"], map_failures = _map(reference, outputs, images, tolerance)
+    failures += map_failures
+    if failures and reference.selection_ties > 0:
+        failures.append(
+            f"note: on {reference.selection_ties:.0%} of the images the encoder scores tie at "
+            "the top-k query selection (typical of an untrained model): PyTorch and ONNX "
+            "Runtime break ties differently, so parity is undefined for this checkpoint"
+        )
+    return {**report, "passed": not failures, "failures": failures}

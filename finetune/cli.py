@@ -82,7 +82,7 @@ def training_defaults(checkpoint: str) -> dict[str, Any]:
     if checkpoint in ("embedded", "scratch"):
         return {
             **common,
-            "num_train_epochs": 6,
+            "num_train_epochs": 4,
             "learning_rate": 5e-4,
             "warmup_steps": 100,
             "per_device_train_batch_size": 4,

@@ -70,7 +70,7 @@ def plot_confusion_matrix(
         conf_threshold=threshold,
         iou_threshold=0.5,
     )
-    fig = cm.plot(title=f"Confusion matrix (test, conf ≥ {threshold}, IoU ≥ 0.5)", fig_size=(8, 7))
+    fig = cm.plot(title=f"test split, conf ≥ {threshold}, IoU ≥ 0.5", fig_size=(8, 7))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

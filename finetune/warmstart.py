@@ -10,7 +10,9 @@ About 40 minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["main"]
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--output", type=Path, default=WARMSTART_DIR)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    args, trainer_flags = parser.parse_known_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args, trainer_flags = parser.parse_known_args(given)
 
     import torch
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
@@ -61,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(
             tmp / "provenance.json",
             {
-                "made_by": "python -m finetune.warmstart " + " ".join(argv or []),
+                "made_by": " ".join(["python -m finetune.warmstart", *given]),
                 "dataset": {"spec": SPECS["pretrain"].__dict__},
-                "run_metrics": __import__("json").loads(metrics),
+                "run_metrics": json.loads(metrics),
             },
         )
 

@@ -1,0 +1,160 @@
+"""Claims, checked against what this run measured, each said plainly.
+
+Status words: ``verified`` (measured and true here), ``not on this hardware`` (measured and
+not reached here), ``FAILED`` (a claim this project makes, measured false: the suite fails),
+``not measured`` (with the reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.report import E2E, MODEL, Latency, Results
+
+__all__ = ["PAPER", "Claim", "PaperRow", "evaluate_claims"]
+
+VERIFIED, NOT_HERE, FAILED, NOT_MEASURED = (
+    "verified",
+    "not on this hardware",
+    "FAILED",
+    "not measured",
+)
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the RT-DETR paper's table (COCO val2017, T4 + TensorRT FP16, batch 1, 640)."""
+
+    model: str
+    checkpoint: str
+    ap: float
+    fps: float
+    real_size: str | None  # key in bench.real_sizes.SIZES, if the suite builds it
+
+
+PAPER = (
+    PaperRow("RT-DETR-R18", "PekingU/rtdetr_r18vd", 46.5, 217, "r18"),
+    PaperRow("RT-DETR-R34", "rtdetr_r34vd", 48.9, 161, None),
+    PaperRow("RT-DETR-R50", "PekingU/rtdetr_r50vd", 53.1, 108, "r50"),
+    PaperRow("RT-DETR-R101", "rtdetr_r101vd", 54.3, 74, None),
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim, its status, what was measured, and whether a failure fails the suite."""
+
+    claim: str
+    status: str
+    detail: str
+    hard: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.hard and self.status == FAILED
+
+
+def _faster(claim: str, torch: Latency | None, onnx: Latency | None) -> Claim:
+    if not (torch and onnx):
+        return Claim(claim, NOT_MEASURED, "not run in this session", hard=True)
+    if not (torch.p50_ms and onnx.p50_ms):
+        return Claim(claim, NOT_MEASURED, "nothing timed (--benchmark-disable)", hard=True)
+    ratio = torch.p50_ms / onnx.p50_ms
+    detail = (
+        f"PyTorch p50 {torch.p50_ms:.2f} ms, ONNX Runtime p50 {onnx.p50_ms:.2f} ms: "
+        f"ONNX is {ratio:.2f}x {'faster' if ratio >= 1 else 'SLOWER'}"
+    )
+    return Claim(claim, VERIFIED if ratio >= 1 else FAILED, detail, hard=True)
+
+
+def _onnx_vs_pytorch(results: Results, device: str) -> list[Claim]:
+    what = f"(model-only, batch 1, {device})"
+    claims = [
+        _faster(
+            f"ONNX Runtime fp32 is not slower than PyTorch eager {what}",
+            results.get("pytorch", MODEL, 1),
+            results.get("onnx-fp32", MODEL, 1),
+        )
+    ]
+    for size in dict.fromkeys(size for size, _ in results.real_sizes):
+        claims.append(
+            _faster(
+                f"{size.upper()} size at 640 px: ONNX Runtime fp32 is not slower than PyTorch "
+                f"eager {what}",
+                results.real_sizes.get((size, "pytorch")),
+                results.real_sizes.get((size, "onnx-fp32")),
+            )
+        )
+    return claims
+
+
+def _paper(row: PaperRow, results: Results, device: str) -> Claim:
+    claim = (
+        f"{row.model}: {row.fps:g} FPS (T4 + TensorRT FP16, batch 1, 640 px), AP {row.ap} "
+        "(COCO val2017)"
+    )
+    ap = "AP not checked here (needs the COCO-trained checkpoint and val2017)"
+    if row.real_size is None:
+        return Claim(claim, NOT_MEASURED, f"the suite builds R18 and R50 only; {ap}")
+    measured = {
+        backend: lat
+        for (size, backend), lat in results.real_sizes.items()
+        if size == row.real_size and lat.images_per_s
+    }
+    if not measured:
+        return Claim(claim, NOT_MEASURED, f"real sizes not run (--fast or --no-real-sizes); {ap}")
+    backend, best = max(measured.items(), key=lambda item: item[1].images_per_s or 0)
+    fps = best.images_per_s or 0.0
+    detail = (
+        f"measured {fps:.2f} FPS, {backend}, {device}, {best.info.get('threads')} threads, "
+        f"model-only, random weights ({fps / row.fps:.1%} of the paper's figure); {ap}"
+    )
+    return Claim(claim, VERIFIED if fps >= row.fps else NOT_HERE, detail)
+
+
+def _real_time(results: Results, target_fps: float) -> list[Claim]:
+    claims = []
+    for name, row in results.backends.items():
+        lat = results.get(name, E2E, 1)
+        if row.status != "ok" or not lat or not lat.images_per_s:
+            continue
+        fps = lat.images_per_s
+        claims.append(
+            Claim(
+                f"{row.runtime} {row.precision} runs in real time (>= {target_fps:g} FPS "
+                "end-to-end, batch 1)",
+                VERIFIED if fps >= target_fps else NOT_HERE,
+                f"{fps:.1f} FPS (end-to-end p50 {lat.p50_ms:.2f} ms)",
+            )
+        )
+    return claims
+
+
+def _accuracy(results: Results) -> list[Claim]:
+    claims = []
+    for name, acc in results.accuracy.items():
+        if name == "pytorch" or acc.diff is None or acc.tolerance is None:
+            continue
+        row = results.backends[name]
+        ok = abs(acc.diff) <= acc.tolerance
+        claims.append(
+            Claim(
+                f"{row.runtime} {row.precision} keeps PyTorch's accuracy "
+                f"(|ΔmAP50:95| <= {acc.tolerance})",
+                VERIFIED if ok else FAILED,
+                f"ΔmAP50:95 {acc.diff:+.4f} on {acc.images} test images (test_accuracy.py "
+                f"fails beyond the tolerance); consistency with PyTorch's detections "
+                f"{acc.consistency:.4f}",
+            )
+        )
+    return claims
+
+
+def evaluate_claims(results: Results, *, device: str, target_fps: float) -> list[Claim]:
+    """Every claim, in report order; ``Claim.failed`` ones must fail the suite."""
+    return [
+        *_onnx_vs_pytorch(results, device),
+        *_accuracy(results),
+        *_real_time(results, target_fps),
+        *(_paper(row, results, device) for row in PAPER),
+    ]

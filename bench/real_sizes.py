@@ -1,0 +1,132 @@
+"""R18- and R50-sized RT-DETR at 640 px with random weights: latency only.
+
+The configs are built in code (no network) as transformers' defaults for
+``PekingU/rtdetr_r18vd`` and ``PekingU/rtdetr_r50vd``: ResNet-vd backbones (deep stem,
+average-pool shortcuts), hybrid encoder, 300 queries, 80 classes. R50 is ``RTDetrConfig()``'s
+own default; R18 uses basic blocks [2, 2, 2, 2], encoder inputs [128, 256, 512], expansion
+0.5 and 3 decoder layers. Weights are random (seeded), so accuracy means nothing: only
+the latency is reported, and labelled so.
+
+The exported graph is cached under ``~/.cache/rtdetr-deploy/bench/`` (``$RTDETR_DEPLOY_CACHE``),
+keyed by the config and the torch and toolkit versions: tracing R50 takes a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+
+from bench.settings import cache_dir
+
+__all__ = ["IMAGE_SIZE", "ROUNDS", "SIZES", "WARMUP", "RealSize", "build_model", "cached_onnx"]
+
+IMAGE_SIZE = 640
+WARMUP, ROUNDS = 3, 5  # R50 at 640 px is ~1 s per image on 2 CPU cores
+OPSET = 17
+COCO_CLASSES = 80
+
+
+def _r18() -> RTDetrConfig:
+    backbone = RTDetrResNetConfig(
+        embedding_size=64,
+        hidden_sizes=[64, 128, 256, 512],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    return RTDetrConfig(
+        backbone_config=backbone,
+        encoder_in_channels=[128, 256, 512],
+        hidden_expansion=0.5,
+        decoder_layers=3,
+        num_labels=COCO_CLASSES,
+    )
+
+
+def _r50() -> RTDetrConfig:
+    return RTDetrConfig(num_labels=COCO_CLASSES)
+
+
+@dataclass(frozen=True)
+class RealSize:
+    """A published RT-DETR size, rebuilt with random weights."""
+
+    key: str
+    label: str
+    config: Callable[[], RTDetrConfig]
+
+
+SIZES = {
+    "r18": RealSize("r18", "RT-DETR-R18 (rtdetr_r18vd config, random weights)", _r18),
+    "r50": RealSize("r50", "RT-DETR-R50 (rtdetr_r50vd config, random weights)", _r50),
+}
+
+
+def build_model(size: RealSize, seed: int = 0) -> RTDetrForObjectDetection:
+    """The model with seeded random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return RTDetrForObjectDetection(size.config()).eval()
+
+
+def _cache_key(size: RealSize) -> str:
+    from export.onnx_export import toolkit_version
+
+    text = json.dumps(
+        {
+            "config": size.config().to_dict(),
+            "torch": torch.__version__,
+            "toolkit": toolkit_version(),
+            "image_size": IMAGE_SIZE,
+            "opset": OPSET,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cached_onnx(
+    size: RealSize, model: RTDetrForObjectDetection, folder: Path | None = None
+) -> Path:
+    """The exported graph of ``model`` (``export``'s tracer and metadata), built once."""
+    from export.files import staging_path
+    from export.onnx_export import toolkit_version, trace_to_onnx, write_metadata
+    from runtime.metadata import ModelMetadata, Preprocessing
+
+    folder = folder or cache_dir()
+    path = folder / f"rtdetr_{size.key}-{IMAGE_SIZE}px-{_cache_key(size)}.onnx"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = staging_path(path)
+    try:
+        trace_to_onnx(model, tmp, opset=OPSET, input_size=(IMAGE_SIZE, IMAGE_SIZE))
+        metadata = ModelMetadata(
+            id2label={i: f"class_{i}" for i in range(COCO_CLASSES)},
+            preprocessing=Preprocessing(height=IMAGE_SIZE, width=IMAGE_SIZE),
+            source_checkpoint=f"{size.label}: built in code by bench/real_sizes.py",
+            opset=OPSET,
+            toolkit_version=toolkit_version(),
+            num_top_queries=int(model.config.num_queries),
+        )
+        write_metadata(tmp, metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def random_feed(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """A preprocessed-looking input (values in [0, 1]) at 640x640, the same for every backend."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    sizes = np.full((batch, 2), IMAGE_SIZE, dtype=np.int64)
+    return {"images": images, "orig_target_sizes": sizes}

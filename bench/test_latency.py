@@ -1,0 +1,69 @@
+"""Latency of every backend: model-only and end-to-end, batch 1 and batch N, same inputs.
+
+- model-only: the SAME preprocessed tensor (the checkpoint's image processor made it once)
+  in, ``labels/boxes/scores`` out; RT-DETR's post-processing is included (it is in the graph).
+- end-to-end: image files in, thresholded detections out: decode + the backend's own
+  preprocessing + model + post-processing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.backends import require
+from bench.report import E2E, MODEL, Results
+from bench.settings import BenchOptions
+
+BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8", "onnx-fp16")
+INCLUDES = {
+    MODEL: "preprocessed float32 tensor in -> labels/boxes/scores out (RT-DETR post-processing "
+    "included; on a GPU also the host<->device copies); no decode, no resize",
+    E2E: "image files in -> detections above the score threshold out: decode + the backend's "
+    "own preprocessing + model + post-processing",
+}
+
+
+def _batch(which: str, options: BenchOptions) -> int:
+    if which == "bN" and options.batch == 1:
+        pytest.skip("--batch 1: the batch-N case is the batch-1 case")
+    return 1 if which == "b1" else options.batch
+
+
+@pytest.mark.parametrize("which", ["b1", "bN"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_model_only(
+    benchmark: Any,
+    measure: Any,
+    name: str,
+    which: str,
+    backends: Any,
+    latency_inputs: Any,
+    bench_options: BenchOptions,
+    results: Results,
+) -> None:
+    backend = require(backends, name)
+    batch = _batch(which, bench_options)
+    feed = latency_inputs.feeds[batch]
+    latency = measure(backend, MODEL, batch, backend.model_only, feed, includes=INCLUDES[MODEL])
+    results.latency[(backend.name, MODEL, batch)] = latency
+
+
+@pytest.mark.parametrize("which", ["b1", "bN"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_end_to_end(
+    benchmark: Any,
+    measure: Any,
+    name: str,
+    which: str,
+    backends: Any,
+    latency_inputs: Any,
+    bench_options: BenchOptions,
+    results: Results,
+) -> None:
+    backend = require(backends, name)
+    batch = _batch(which, bench_options)
+    paths = latency_inputs.paths[batch]
+    latency = measure(backend, E2E, batch, backend.end_to_end, paths, includes=INCLUDES[E2E])
+    results.latency[(backend.name, E2E, batch)] = latency

@@ -1,0 +1,131 @@
+"""Helper logic of the benchmark suite (bench/): claims, variants, report, real-size configs.
+
+No model runs here; ``pytest bench/ --fast`` runs the suite itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "bench.report",
+    reason="bench/ is not importable: put the repository root on sys.path "
+    '(pyproject.toml [tool.pytest.ini_options] pythonpath = ["."])',
+)
+
+from bench.artifacts import find_variants
+from bench.claims import FAILED, NOT_HERE, NOT_MEASURED, VERIFIED, evaluate_claims
+from bench.report import E2E, MODEL, Accuracy, BackendRow, Latency, Results, write_report
+
+pytestmark = pytest.mark.unit
+
+
+def _latency(backend: str, kind: str, ms: float | None, batch: int = 1) -> Latency:
+    times = None if ms is None else [ms / 1000] * 5
+    return Latency(backend, kind, batch, times, {"threads": 2})
+
+
+def _results(torch_ms: float | None, onnx_ms: float | None) -> Results:
+    results = Results()
+    results.backends["pytorch"] = BackendRow("pytorch", "PyTorch eager", "fp32")
+    results.backends["onnx-fp32"] = BackendRow("onnx-fp32", "ONNX Runtime", "fp32")
+    for name, ms in (("pytorch", torch_ms), ("onnx-fp32", onnx_ms)):
+        results.latency[(name, MODEL, 1)] = _latency(name, MODEL, ms)
+        results.latency[(name, E2E, 1)] = _latency(name, E2E, None if ms is None else ms * 2)
+    return results
+
+
+def test_latency_percentiles() -> None:
+    latency = Latency("onnx-fp32", MODEL, 4, [0.010, 0.012, 0.011, 0.030, 0.010])
+    assert latency.p50_ms == pytest.approx(11.0)
+    assert latency.p95_ms == pytest.approx(26.4)
+    assert latency.images_per_s == pytest.approx(4 / 0.011)
+    disabled = Latency("onnx-fp32", MODEL, 1, None)  # --benchmark-disable
+    assert disabled.p50_ms is None and disabled.images_per_s is None
+
+
+@pytest.mark.parametrize(
+    ("torch_ms", "onnx_ms", "status", "fails_suite"),
+    [
+        (20.0, 10.0, VERIFIED, False),
+        (10.0, 10.0, VERIFIED, False),
+        (10.0, 20.0, FAILED, True),
+        (None, None, NOT_MEASURED, False),
+    ],
+)
+def test_onnx_not_slower_claim(
+    torch_ms: float | None, onnx_ms: float | None, status: str, fails_suite: bool
+) -> None:
+    claim = evaluate_claims(_results(torch_ms, onnx_ms), device="cpu", target_fps=30)[0]
+    assert (claim.status, claim.failed) == (status, fails_suite)
+    if torch_ms and onnx_ms:
+        assert f"{torch_ms / onnx_ms:.2f}x" in claim.detail
+
+
+@pytest.mark.parametrize(
+    ("r18_ms", "status"), [(None, NOT_MEASURED), (500.0, NOT_HERE), (4.0, VERIFIED)]
+)
+def test_paper_claims(r18_ms: float | None, status: str) -> None:
+    results = _results(20.0, 10.0)
+    if r18_ms is not None:
+        results.real_sizes[("r18", "onnx-fp32")] = _latency("onnx-fp32", MODEL, r18_ms)
+    claims = {
+        c.claim.split(":")[0]: c for c in evaluate_claims(results, device="cpu", target_fps=30)
+    }
+    assert claims["RT-DETR-R18"].status == status
+    assert claims["RT-DETR-R34"].status == NOT_MEASURED  # never built
+    assert not claims["RT-DETR-R18"].failed  # hardware-dependent: reported, never failed
+
+
+def test_real_time_claim_uses_end_to_end_fps() -> None:
+    claims = evaluate_claims(_results(20.0, 10.0), device="cpu", target_fps=30)
+    real_time = {c.claim.split(" runs")[0]: c.status for c in claims if "real time" in c.claim}
+    # end-to-end is 2x model-only here: PyTorch 40 ms = 25 FPS, ONNX 20 ms = 50 FPS
+    assert real_time == {"PyTorch eager fp32": NOT_HERE, "ONNX Runtime fp32": VERIFIED}
+
+
+def test_find_variants(tmp_path: Path) -> None:
+    onnx = tmp_path / "model.onnx"
+    (tmp_path / "model.int8.onnx").write_bytes(b"")
+    (tmp_path / "model.int8.verify.json").write_text("{}")
+    failures = {"passed": False, "failures": ["agreement 0.7 < 0.9"]}
+    (tmp_path / "model.fp16.verify.failed.json").write_text(json.dumps(failures))
+    variants = find_variants(onnx)
+    assert variants["int8"].status == "verified"
+    assert variants["fp16"].status == "FAILED"
+    assert "agreement 0.7 < 0.9" in variants["fp16"].reason
+    assert find_variants(tmp_path / "other.onnx")["int8"].status == "missing"
+
+
+def test_write_report(tmp_path: Path) -> None:
+    results = _results(20.0, 10.0)
+    results.backends["onnx-int8"] = BackendRow(
+        "onnx-int8", "ONNX Runtime", "int8", "FAILED", "export verification failed"
+    )
+    metrics = {"map": 0.5, "map_50": 0.8}
+    results.accuracy["pytorch"] = Accuracy("pytorch", metrics, 10, 1.0)
+    results.accuracy["onnx-fp32"] = Accuracy("onnx-fp32", metrics, 10, 1.0, 0.0, 0.002)
+    results.claims = evaluate_claims(results, device="cpu", target_fps=30)
+    md, js, png = write_report(results, tmp_path)
+    text = md.read_text()
+    assert "| ONNX Runtime | fp32 | — | 0.5000 | 0.8000 | 10.00 / 10.00 | 20.00 | 50.0 |" in text
+    assert "FAILED: export verification failed" in text
+    rows = {r["name"]: r for r in json.loads(js.read_text())["rows"]}
+    assert rows["onnx-fp32"]["speedup_vs_pytorch"] == pytest.approx(2.0)
+    assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize(("size", "paper_params_m"), [("r18", 20), ("r50", 42)])
+def test_real_size_configs_match_the_paper(size: str, paper_params_m: int) -> None:
+    import torch
+    from transformers import RTDetrForObjectDetection
+
+    from bench.real_sizes import SIZES
+
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = RTDetrForObjectDetection(SIZES[size].config())
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    assert params_m == pytest.approx(paper_params_m, rel=0.05)

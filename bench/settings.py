@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from export.verify import TOLERANCES
+
 __all__ = [
     "CONSISTENCY_MIN",
     "CONSISTENCY_TOP",
@@ -45,9 +47,10 @@ FAST_TRAIN_ARGS = (
     "4",
 )
 
-# Largest |mAP50:95(ONNX variant) - mAP50:95(PyTorch fp32)| on the test split. fp32 must
-# match; fp16 and int8 change the arithmetic, so they get a documented, larger margin.
-MAP_TOLERANCE = {"fp32": 0.002, "fp16": 0.005, "int8": 0.01}
+# Largest |mAP50:95(ONNX variant) - mAP50:95(PyTorch fp32)| on the test split: the margins
+# export verifies every file against (export.verify.TOLERANCES), so one number holds in both
+# places. fp32 must match (0.002); fp16 0.005 and int8 0.01 (one point) change the arithmetic.
+MAP_TOLERANCE = {name: tol.max_map_drop for name, tol in TOLERANCES.items()}
 
 # Smallest "consistency" of ONNX fp32: its detections scored (mAP50:95) against PyTorch's
 # top-10 detections per image taken as ground truth, relative to PyTorch's own score on them

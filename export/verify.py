@@ -46,10 +46,10 @@ TOLERANCES: dict[str, Tolerance] = {
         score_atol=1e-3, box_px=1.0, min_iou=0.99, min_agreement=0.99, max_map_drop=0.002
     ),
     "fp16": Tolerance(
-        score_atol=1e-2, box_px=2.0, min_iou=0.95, min_agreement=0.95, max_map_drop=0.01
+        score_atol=1e-2, box_px=2.0, min_iou=0.95, min_agreement=0.95, max_map_drop=0.005
     ),
     "int8": Tolerance(
-        score_atol=0.15, box_px=8.0, min_iou=0.8, min_agreement=0.9, max_map_drop=0.02
+        score_atol=0.15, box_px=8.0, min_iou=0.8, min_agreement=0.9, max_map_drop=0.01
     ),
 }
 

@@ -287,7 +287,7 @@ def plot(results: Results, path: Path) -> Path:
     ax_map.set_xticks(x, names)
     ax_map.set_ylim(0, 1)
     ax_map.set_title("accuracy (test split)")
-    ax_map.legend()
+    ax_map.legend(loc="lower right")
     fig.suptitle(
         f"{results.environment.get('device', '')}, {results.environment.get('threads', '')} threads"
     )

@@ -10,12 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip(
-    "bench.report",
-    reason="bench/ is not importable: put the repository root on sys.path "
-    '(pyproject.toml [tool.pytest.ini_options] pythonpath = ["."])',
-)
-
 from bench.artifacts import find_variants
 from bench.claims import FAILED, NOT_HERE, NOT_MEASURED, VERIFIED, evaluate_claims
 from bench.report import E2E, MODEL, Accuracy, BackendRow, Latency, Results, write_report

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+from transformers import RTDetrConfig, RTDetrForObjectDetection
 
 from bench.settings import cache_dir
+from finetune.model import basic_resnet
 
 __all__ = ["IMAGE_SIZE", "ROUNDS", "SIZES", "WARMUP", "RealSize", "build_model", "cached_onnx"]
 
@@ -35,15 +36,8 @@ COCO_CLASSES = 80
 
 
 def _r18() -> RTDetrConfig:
-    backbone = RTDetrResNetConfig(
-        embedding_size=64,
-        hidden_sizes=[64, 128, 256, 512],
-        depths=[2, 2, 2, 2],
-        layer_type="basic",
-        out_features=["stage2", "stage3", "stage4"],
-    )
     return RTDetrConfig(
-        backbone_config=backbone,
+        backbone_config=basic_resnet(64, 2),
         encoder_in_channels=[128, 256, 512],
         hidden_expansion=0.5,
         decoder_layers=3,

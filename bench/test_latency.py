@@ -31,39 +31,26 @@ def _batch(which: str, options: BenchOptions) -> int:
     return 1 if which == "b1" else options.batch
 
 
+@pytest.mark.parametrize("kind", [MODEL, E2E])
 @pytest.mark.parametrize("which", ["b1", "bN"])
 @pytest.mark.parametrize("name", BACKENDS)
-def test_model_only(
+def test_latency(
     benchmark: Any,
     measure: Any,
     name: str,
     which: str,
+    kind: str,
     backends: Any,
     latency_inputs: Any,
     bench_options: BenchOptions,
     results: Results,
 ) -> None:
+    """Model-only (same preprocessed tensor for all) or end-to-end (image files in)."""
     backend = require(backends, name)
     batch = _batch(which, bench_options)
-    feed = latency_inputs.feeds[batch]
-    latency = measure(backend, MODEL, batch, backend.model_only, feed, includes=INCLUDES[MODEL])
-    results.latency[(backend.name, MODEL, batch)] = latency
-
-
-@pytest.mark.parametrize("which", ["b1", "bN"])
-@pytest.mark.parametrize("name", BACKENDS)
-def test_end_to_end(
-    benchmark: Any,
-    measure: Any,
-    name: str,
-    which: str,
-    backends: Any,
-    latency_inputs: Any,
-    bench_options: BenchOptions,
-    results: Results,
-) -> None:
-    backend = require(backends, name)
-    batch = _batch(which, bench_options)
-    paths = latency_inputs.paths[batch]
-    latency = measure(backend, E2E, batch, backend.end_to_end, paths, includes=INCLUDES[E2E])
-    results.latency[(backend.name, E2E, batch)] = latency
+    if kind == MODEL:
+        fn, inputs = backend.model_only, latency_inputs.feeds[batch]
+    else:
+        fn, inputs = backend.end_to_end, latency_inputs.paths[batch]
+    latency = measure(backend, kind, batch, fn, inputs, includes=INCLUDES[kind])
+    results.latency[(backend.name, kind, batch)] = latency

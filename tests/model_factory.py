@@ -7,24 +7,15 @@ from pathlib import Path
 import torch
 from transformers import RTDetrForObjectDetection
 
-from finetune.model import small_config, small_processor
+from finetune.model import basic_resnet, small_config, small_processor
 
 TINY_CLASSES = ("circle", "square", "triangle")
 
 
 def tiny_config(classes: tuple[str, ...] = TINY_CLASSES, **overrides: object):
     """A ~0.2M-parameter RT-DETR: same architecture as the embedded model, narrower."""
-    from transformers import RTDetrResNetConfig
-
-    backbone = RTDetrResNetConfig(
-        embedding_size=8,
-        hidden_sizes=[8, 16, 32, 64],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-        out_features=["stage2", "stage3", "stage4"],
-    )
     values = {
-        "backbone_config": backbone,
+        "backbone_config": basic_resnet(8, 1),
         "encoder_in_channels": [16, 32, 64],
         "encoder_hidden_dim": 32,
         "encoder_ffn_dim": 64,

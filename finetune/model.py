@@ -122,6 +122,10 @@ def _reset_class_heads(model: PreTrainedModel) -> None:
         inner.denoising_class_embed = torch.nn.Embedding(
             num_labels + 1, inner.denoising_class_embed.embedding_dim, padding_idx=num_labels
         )
+    # RT-DETR v2 keeps a top-level ``class_embed`` tied to the decoder's: point it at the new
+    # heads instead of leaving a stale copy of the old ones.
+    if isinstance(getattr(model, "class_embed", None), torch.nn.ModuleList):
+        model.class_embed = inner.decoder.class_embed
 
 
 def _is_local(checkpoint: str) -> bool:

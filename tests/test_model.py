@@ -79,3 +79,31 @@ def test_broken_checkpoints(tiny_checkpoint: Path, tmp_path: Path, mutate, expec
     with pytest.raises(CheckpointError, match=expected) as info:
         load_model_and_processor(str(broken), NEW_LABELS)
     assert str(broken) in str(info.value)
+
+
+def test_rt_detr_v2_checkpoint_gets_a_new_head_that_survives_save(tmp_path: Path) -> None:
+    from transformers import AutoModelForObjectDetection, RTDetrV2Config, RTDetrV2ForObjectDetection
+
+    from finetune.model import basic_resnet, small_processor
+
+    config = RTDetrV2Config(
+        backbone_config=basic_resnet(8, 1), encoder_in_channels=[16, 32, 64],
+        encoder_hidden_dim=32, encoder_ffn_dim=64, encoder_attention_heads=2, d_model=32,
+        decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64, decoder_layers=2,
+        decoder_attention_heads=2, decoder_n_points=2, num_queries=20, num_denoising=10,
+        id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1},
+    )  # fmt: skip
+    source = tmp_path / "v2"
+    RTDetrV2ForObjectDetection(config).save_pretrained(source)
+    small_processor(64).save_pretrained(source)
+    model, _ = load_model_and_processor(str(source), NEW_LABELS)
+    assert type(model).__name__ == "RTDetrV2ForObjectDetection"
+    assert [h.out_features for h in model.model.decoder.class_embed] == [4, 4]
+    with torch.no_grad():  # stands in for training: the trained head must be what is saved
+        for head in model.model.decoder.class_embed:
+            head.weight.fill_(0.25)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForObjectDetection.from_pretrained(tmp_path / "saved")
+    assert reloaded.config.id2label == NEW_LABELS
+    for head in reloaded.model.decoder.class_embed:
+        assert torch.all(head.weight == 0.25)

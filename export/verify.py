@@ -69,11 +69,9 @@ def make_session(path: Path, threads: int | None = None) -> Any:
     """A CPU ``InferenceSession`` with few threads and no spinning (shared machines)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    from runtime.session import session_options
+
+    options = session_options(threads or min(4, os.cpu_count() or 1))
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -192,7 +192,7 @@ def _train_and_report(
         "checkpoint": ours.checkpoint,
         "image_size": dict(processor.size),
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "training_args": {k: v for k, v in asdict(ours).items()},
+        "training_args": asdict(ours),
     }
     previous = run_dir / "metrics.json"
     if targs.resume_from_checkpoint and previous.is_file():

@@ -6,6 +6,10 @@ import os
 # shared machines. The caller's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from export.cli import main
+from runtime.extras import exit_unless_installed
+
+exit_unless_installed("export", "python -m export")
+
+from export.cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -29,8 +29,9 @@ from export.files import (
     variant_path,
 )
 from export.samples import VerificationImages, caller_images, dataset_images
-from finetune.runs import atomic_write_json
+from runtime.files import atomic_write_json
 from runtime.metadata import ModelMetadata
+from runtime.sidecar import sidecar_path, write_sidecar
 
 __all__ = ["VARIANTS", "ExportResult", "VariantResult", "export_checkpoint"]
 
@@ -78,8 +79,31 @@ class _Context:
     verify: bool
 
 
-def _publish(tmp: Path, final: Path, report: dict[str, Any]) -> None:
+def _verified(report: dict[str, Any], final: Path) -> dict[str, Any] | None:
+    """The sidecar's ``verified`` entry: where parity with PyTorch was checked, if it was."""
+    if "provider" not in report:  # verify=False: graph checks only
+        return None
+    versions = report.get("versions", {})
+    runtime = versions.get("onnxruntime-gpu") or versions.get("onnxruntime", "")
+    return {
+        "runtime": f"onnxruntime {runtime}".strip(),
+        "provider": report["provider"],
+        "against": f"PyTorch (transformers {versions.get('transformers', '')})",
+        "images": report.get("images", ""),
+        "report": report_path(final).name,
+    }
+
+
+def _publish(tmp: Path, final: Path, report: dict[str, Any], metadata: ModelMetadata) -> None:
+    """Rename the verified file to its final name, then write its sidecar and report.
+
+    The old sidecar goes first: a kill between the steps leaves a model without a sidecar
+    (clients say so, and ``python -m runtime.sidecar`` rewrites it), never a model beside a
+    sidecar of another file.
+    """
+    sidecar_path(final).unlink(missing_ok=True)
     os.replace(tmp, final)
+    write_sidecar(final, metadata, verified=_verified(report, final))
     atomic_write_json(report_path(final), report)
     failed_report_path(final).unlink(missing_ok=True)
 
@@ -122,7 +146,7 @@ def _remove_stale_variants(output: Path) -> None:
     was just replaced: remove them so every file beside it belongs to it."""
     for name in VARIANTS:
         stale = variant_path(output, name)
-        for path in (stale, report_path(stale), failed_report_path(stale)):
+        for path in (stale, sidecar_path(stale), report_path(stale), failed_report_path(stale)):
             if path.exists():
                 logger.info("removing %s (made from the previous %s)", path, output.name)
                 path.unlink()
@@ -156,7 +180,7 @@ def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata
         if not report["passed"]:
             _reject(tmp, final, report)
             return VariantResult(name, None, False, report, "; ".join(report["failures"]))
-        _publish(tmp, final, report)
+        _publish(tmp, final, report, meta)
         return VariantResult(name, final, True, report)
     finally:
         tmp.unlink(missing_ok=True)
@@ -277,7 +301,7 @@ def export_checkpoint(
                 report,
                 where,
             )
-        _publish(tmp, final, report)
+        _publish(tmp, final, report, metadata)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -4,6 +4,7 @@ Layout (Triton's onnxruntime backend)::
 
     DIR/<name>/config.pbtxt
     DIR/<name>/1/model.onnx
+    DIR/<name>/1/model.json     the sidecar (runtime.sidecar), for clients beside the server
 
 The config names the contract's inputs and outputs with their dtypes and per-item dims (Triton
 adds the batch axis itself when ``max_batch_size > 0``) and turns on dynamic batching.
@@ -11,6 +12,7 @@ adds the batch axis itself when ``max_batch_size > 0``) and turns on dynamic bat
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ from export.contract import INPUTS, OUTPUTS, TensorSpec
 from export.errors import ExportError
 from export.files import staging_path
 from runtime.metadata import ModelMetadata
+from runtime.sidecar import sidecar_path, write_sidecar
 
 __all__ = ["check_triton_options", "triton_config", "write_triton_repository"]
 
@@ -38,13 +41,8 @@ def check_triton_options(name: str, max_batch_size: int) -> None:
         raise ExportError(f"Triton max_batch_size must be >= 1, got {max_batch_size}")
 
 
-def _dims(spec: TensorSpec, metadata: ModelMetadata) -> list[int]:
-    sizes = {
-        "height": metadata.preprocessing.height,
-        "width": metadata.preprocessing.width,
-        "K": metadata.num_top_queries,
-    }
-    return [sizes[d] if isinstance(d, str) else d for d in spec.shape[1:]]
+def _dims(spec: TensorSpec, metadata: ModelMetadata) -> list[str | int]:
+    return spec.resolved_shape(metadata.axis_sizes)[1:]
 
 
 def _tensor(spec: TensorSpec, metadata: ModelMetadata) -> str:
@@ -100,6 +98,9 @@ def write_triton_repository(
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+        source = sidecar_path(model)  # the sidecar travels with the model, "verified" kept
+        verified = json.loads(source.read_text()).get("verified") if source.is_file() else None
+        write_sidecar(final, metadata, verified=verified)
         config = folder / "config.pbtxt"
         tmp = config.with_name(".config.pbtxt.tmp")
         tmp.write_text(triton_config(name, metadata, max_batch_size))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from export.contract import INPUTS, OUTPUTS, TensorSpec
+from export.contract import INPUTS, OUTPUTS, TOP_K_AXIS, TensorSpec
 from export.parity import Detections, Tolerance, agreement, max_abs_diff
 from export.reference import Reference, median_ms
 from export.samples import VerificationImages
@@ -93,6 +93,8 @@ def _contract_problems(graph_values: Sequence[Any], specs: Sequence[TensorSpec])
             problems.append(f"{spec.name}: rank {len(dims)}, contract says {spec.rank}")
         elif not dims[0].dim_param:
             problems.append(f"{spec.name}: batch axis is fixed to {dims[0].dim_value}")
+        elif TOP_K_AXIS in spec.shape and dims[1].dim_param != TOP_K_AXIS:
+            problems.append(f"{spec.name}: axis 1 is not named {TOP_K_AXIS!r}")
     return problems
 
 

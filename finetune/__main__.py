@@ -6,6 +6,10 @@ import os
 # shared machines (measured 5x on 2 cores). The caller's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from finetune.cli import main
+from runtime.extras import exit_unless_installed
+
+exit_unless_installed("train", "python -m finetune")
+
+from finetune.cli import main  # noqa: E402
 
 raise SystemExit(main())

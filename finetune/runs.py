@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+
+from runtime.files import atomic_write_json, publish_mode
 
 __all__ = [
     "BEST_DIR",
@@ -22,17 +22,6 @@ __all__ = [
 ]
 
 BEST_DIR = "best"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish_mode(path: Path, mode: int) -> None:
-    """mkstemp/mkdtemp create 0600/0700; give the result ordinary permissions (umask applied)."""
-    os.chmod(path, mode & ~_umask())
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -75,23 +64,6 @@ def latest_run(runs_dir: str | Path = "runs") -> Path:
     return max(runs)[1]
 
 
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish_mode(Path(tmp), 0o666)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Fill a temporary folder with ``write(tmp)`` then swap it in for ``path``.
 
@@ -104,7 +76,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     prev = path.with_name(f"{path.name}.prev")
     try:
         write(tmp)
-        _publish_mode(tmp, 0o777)
+        publish_mode(tmp, 0o777)
         if path.exists():
             if prev.exists():
                 shutil.rmtree(prev)

@@ -77,5 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from runtime.extras import exit_unless_installed
+
+    exit_unless_installed("train", "python -m finetune.warmstart")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     raise SystemExit(main())

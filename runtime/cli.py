@@ -1,9 +1,14 @@
 """``python -m runtime MODEL SOURCE``: detect objects in an image, a folder or a video.
 
-Writes annotated images (same file names) or an annotated ``<name>.mp4``, and
-``detections.json`` (per image or frame: boxes xyxy in pixels, scores, class ids and names),
-then prints the measured FPS. Errors (missing or non-ONNX model, model without metadata,
-unreadable image or video, unusable provider with ``--strict``) print one line and exit 2.
+Writes ``detections.json`` (per image or frame: boxes xyxy in pixels, scores, class ids and
+names) and, where supervision is installed (the ``[supervision]`` extra), annotated images
+(same file names) or an annotated ``<name>.mp4``; then prints the measured FPS.
+
+A folder run reports each image that cannot be read, keeps going, and still writes everything
+else (the failures are listed under ``errors`` in ``detections.json``; exit status 1). Errors
+that stop the run before any work (missing or non-ONNX model, model without metadata, no
+images, unreadable video, unusable provider with ``--strict``, a video without supervision)
+print one line and exit 2. ``detections.json`` is written atomically.
 
 Example:
     python -m runtime runs/exp/model.onnx photos/ --output runs/detect/photos --threshold 0.4
@@ -27,6 +32,8 @@ import numpy as np
 from runtime.detections import RawDetections
 from runtime.detector import Detector
 from runtime.errors import ImageError, ProviderError, ProviderWarning
+from runtime.extras import MissingExtraError, import_supervision
+from runtime.files import atomic_write_text
 from runtime.images import to_rgb_array
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "main"]
@@ -79,11 +86,18 @@ class _Timer:
 
 
 class _Annotator:
-    """supervision's box and label annotators, made once (importing supervision takes ~0.5 s)."""
+    """supervision's box and label annotators, made once (importing supervision takes ~0.5 s).
+
+    Without supervision (a runtime-only install) nothing is drawn: ``enabled`` is false.
+    """
 
     def __init__(self) -> None:
-        import supervision as sv
-
+        try:
+            sv = import_supervision("drawing annotated images")
+        except MissingExtraError as exc:
+            self.enabled, self.reason = False, str(exc)
+            return
+        self.enabled, self.reason = True, ""
         self.boxes = sv.BoxAnnotator()
         self.labels = sv.LabelAnnotator()
 
@@ -108,14 +122,22 @@ def _run_images(
     threshold: float,
     timer: _Timer,
     annotate: _Annotator,
+    errors: list[dict[str, str]],
 ) -> Iterator[dict[str, Any]]:
+    """Detect in each image; an unreadable one is logged, added to ``errors`` and skipped."""
     from PIL import Image
     from tqdm import tqdm
 
     for path in tqdm(paths, desc="images", unit="img", disable=len(paths) < 2):
-        rgb = to_rgb_array(path)
+        try:
+            rgb = to_rgb_array(path)
+        except ImageError as exc:
+            logger.error("%s", exc)
+            errors.append({"file": str(path), "error": str(exc)})
+            continue
         raw = timer.detect(detector, rgb, threshold, bgr=False)
-        Image.fromarray(annotate(rgb, raw)).save(output / path.name)
+        if annotate.enabled:
+            Image.fromarray(annotate(rgb, raw)).save(output / path.name)
         yield {"file": str(path), **raw.to_dict()}
 
 
@@ -127,9 +149,10 @@ def _run_video(
     timer: _Timer,
     annotate: _Annotator,
 ) -> Iterator[dict[str, Any]]:
-    import cv2
-    import supervision as sv
     from tqdm import tqdm
+
+    sv = import_supervision("a video run")
+    import cv2  # supervision brings OpenCV
 
     capture = cv2.VideoCapture(str(path))
     opened = capture.isOpened()
@@ -151,7 +174,7 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
     lines = [json.dumps(header, indent=1)[:-2] + ',\n "results": [']
     lines.append(",\n".join("  " + json.dumps(result) for result in report["results"]))
     lines.append(" ]\n}\n")
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,14 +191,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{output}: choose another --output, this would overwrite {source}")
     output.mkdir(parents=True, exist_ok=True)
     timer, annotate = _Timer(), _Annotator()
+    errors: list[dict[str, str]] = []
+    is_video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
+    paths = [] if is_video else _list_images(source) if source.is_dir() else [source]
+    if not annotate.enabled:
+        logger.info("detections.json only, no annotated output: %s", annotate.reason)
     start = time.perf_counter()
-    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+    if is_video:
         results = list(_run_video(detector, source, output, args.threshold, timer, annotate))
         unit = "frames"
     else:
-        paths = _list_images(source) if source.is_dir() else [source]
-        results = list(_run_images(detector, paths, output, args.threshold, timer, annotate))
+        results = list(
+            _run_images(detector, paths, output, args.threshold, timer, annotate, errors)
+        )
         unit = "images"
+        if errors and not source.is_dir():  # one image given, and it is unreadable: exit 2
+            raise ImageError(errors[0]["error"])
     elapsed = time.perf_counter() - start
     report = {
         "model": str(args.model),
@@ -183,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         "providers": detector.providers,
         "threshold": args.threshold,
         "class_names": detector.class_names,
+        "errors": errors,
         "results": results,
     }
     _write_report(output / "detections.json", report)
@@ -193,16 +225,20 @@ def run(args: argparse.Namespace) -> int:
         f"{timer.count / max(timer.seconds, 1e-9):.1f} FPS detector alone "
         f"(preprocess + model + threshold) on {', '.join(detector.providers)}"
     )
+    if errors:
+        print(f"{len(errors)} {unit} could not be read (listed under 'errors' in detections.json)")
+        return 1
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m runtime``; returns the exit status (2 on a user error)."""
+    """Entry point of ``python -m runtime``; returns the exit status: 0 done, 1 some images
+    could not be read (the rest were written), 2 a user error stopped the run."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     warnings.simplefilter("ignore", ProviderWarning)  # logged already, once is enough
     try:
         return run(args)
-    except (OSError, ValueError, ProviderError) as exc:
+    except (OSError, ValueError, ProviderError, MissingExtraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from runtime.extras import import_supervision
+
 if TYPE_CHECKING:
     import supervision as sv
 
@@ -50,8 +52,13 @@ class RawDetections:
         return len(self.confidence)
 
     def to_supervision(self) -> sv.Detections:
-        """The same detections as ``supervision.Detections`` (``data["class_name"]`` set)."""
-        import supervision as sv
+        """The same detections as ``supervision.Detections`` (``data["class_name"]`` set).
+
+        Raises:
+            MissingExtraError: supervision is not installed (it is the ``[supervision]``
+                extra; :meth:`Detector.predict` gives these numpy detections without it).
+        """
+        sv = import_supervision("supervision.Detections")
 
         return sv.Detections(
             xyxy=self.xyxy,

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,14 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from runtime.errors import ModelLoadError
+from runtime.contract import INPUT_NAMES, OUTPUT_NAMES
+from runtime.errors import ModelLoadError, ProviderWarning
+from runtime.extras import onnxruntime_builds
 from runtime.metadata import ModelMetadata
 from runtime.providers import ProviderSpec, check_providers, plan_providers
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "OpenModel", "open_model", "session_options"]
+__all__ = ["OpenModel", "open_model", "session_options"]
 
-INPUT_NAMES = ("images", "orig_target_sizes")
-OUTPUT_NAMES = ("labels", "boxes", "scores")
 _IMAGE_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _LOAD_ERRORS = (
     ort_errors.Fail,
@@ -142,6 +143,16 @@ def open_model(
         raise ModelLoadError(f"{path}: is a folder; expected an exported .onnx file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
+    builds = onnxruntime_builds()
+    if len(builds) > 1:
+        warnings.warn(
+            f"{' and '.join(builds)} are all installed; they share the module onnxruntime, so "
+            "whichever was installed last runs, and uninstalling one breaks the other. Keep "
+            f"one: pip uninstall -y {' '.join(builds)} && pip install onnxruntime-gpu (or "
+            "onnxruntime for the CPU)",
+            ProviderWarning,
+            stacklevel=3,
+        )
     plan = plan_providers(providers)
     options = session_options(threads, spinning=spinning)
     session = _create_session(path, options, plan.session_providers)

@@ -1,16 +1,21 @@
-"""Shared fixtures. Dataset builders live in ``dataset_factory.py`` as plain functions."""
+"""Shared fixtures. Dataset builders live in ``dataset_factory.py`` as plain functions.
+
+Imports here stay torch- and yaml-free: ``test_runtime_installed.py`` runs in a runtime-only
+install too (``test_install_profiles.py``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from dataset_factory import write_roboflow_coco
 
 
 @pytest.fixture
 def roboflow_coco(tmp_path: Path) -> Path:
     """A Roboflow COCO export with classes cat/dog and 3 images in each of train/valid/test."""
+    from dataset_factory import write_roboflow_coco  # yaml: not in a runtime-only install
+
     return write_roboflow_coco(tmp_path / "pets")
 
 

@@ -21,6 +21,7 @@ from export.contract import INPUT_NAMES, OUTPUT_NAMES
 from export.parity import Detections, Tolerance, agreement, max_abs_diff
 from export.verify import TOLERANCES, check_graph, make_session
 from runtime.metadata import ModelMetadata, Preprocessing
+from runtime.sidecar import read_sidecar, sidecar_path
 
 FAST = ["--max-images", "2", "--calibration-images", "2", "--threads", "1"]
 
@@ -159,6 +160,28 @@ def test_variants_are_verified_or_reported_failed(exported: ExportResult) -> Non
     # model); on this random one they are allowed to fail, but must then say so.
     assert {v.name: v for v in exported.variants}["slim"].passed
     assert not list(exported.path.parent.glob(".*tmp"))
+
+
+@pytest.mark.slow
+def test_sidecar_beside_every_published_model(exported: ExportResult) -> None:
+    """``<stem>.json`` next to each published ``.onnx`` (none for a failed variant), equal to
+    the file's own metadata, saying where it was verified; Triton's copy has one too."""
+    published = [exported.path] + [v.path for v in exported.variants if v.passed]
+    for variant in exported.variants:
+        final = exported.path.with_name(f"model.{variant.name}.onnx")
+        assert sidecar_path(final).exists() == variant.passed
+    for model in published:
+        props = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+        assert read_sidecar(sidecar_path(model)) == ModelMetadata.from_props(props)
+        verified = json.loads(sidecar_path(model).read_text())["verified"]
+        assert verified["provider"] == "CPUExecutionProvider"
+        assert verified["runtime"].startswith("onnxruntime ")
+        assert verified["report"] == f"{model.stem}.verify.json"
+    triton = exported.triton / "1"
+    assert read_sidecar(triton / "model.json") == exported.metadata
+    assert json.loads((triton / "model.json").read_text())["verified"]["report"] == (
+        "model.verify.json"
+    )
 
 
 @pytest.mark.slow

@@ -19,16 +19,14 @@ from contextlib import nullcontext  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-import pytest  # noqa: E402
+from runtime.extras import exit_unless_installed  # noqa: E402
 
-from runtime.extras import MissingExtraError, require  # noqa: E402
-
-try:  # a runtime-only install: say what to install instead of an ImportError traceback
-    require("bench", "pytest bench/")
-except MissingExtraError as exc:
-    pytest.exit(str(exc), returncode=2)
+# A runtime-only install: one line naming the extra and exit 2, before pytest reports an
+# ImportError (pytest.exit here would be reported as a failed conftest import).
+exit_unless_installed("bench", "pytest bench/")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from bench.report import (  # noqa: E402
     BackendRow,

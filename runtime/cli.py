@@ -152,14 +152,10 @@ def _run_video(
     from tqdm import tqdm
 
     sv = import_supervision("a video run")
-    import cv2  # supervision brings OpenCV
-
-    capture = cv2.VideoCapture(str(path))
-    opened = capture.isOpened()
-    capture.release()
-    if not opened:
-        raise ImageError(f"{path}: cannot open video")
-    info = sv.VideoInfo.from_video_path(str(path))
+    try:
+        info = sv.VideoInfo.from_video_path(str(path))
+    except Exception as exc:  # supervision raises a bare Exception for an unreadable video
+        raise ImageError(f"{path}: cannot open video ({exc})") from None
     frames = sv.get_video_frames_generator(str(path))
     with sv.VideoSink(str(output / f"{path.stem}.mp4"), info) as sink:
         for index, frame in enumerate(tqdm(frames, desc="frames", total=info.total_frames)):

@@ -1,0 +1,118 @@
+"""The runtime-only install: ``pip install .`` into a fresh virtualenv, nothing of training.
+
+A fresh venv gets the checkout as a user installs it (not editable), then pytest. The export
+folder (model, variants, sidecars, images, PyTorch's detections) is made here with the full
+stack; ``test_runtime_installed.py`` and ``python -m runtime`` then run inside the venv, and
+the training commands must answer with the extra to install, not a traceback.
+Needs PyPI (or pip's cache) for numpy, Pillow and onnxruntime: about 10-40 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+
+# The minimal CPU profile must stay small (issue target: <= 250 MB of site-packages).
+MAX_RUNTIME_MB = 250
+TRAINING_STACK = {
+    "torch", "torchvision", "transformers", "triton", "accelerate", "onnx", "albumentations",
+    "torchmetrics", "supervision", "opencv-python-headless",
+}  # fmt: skip
+
+
+def _run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=600, **kwargs
+    )
+
+
+def _site_packages_mb(python: Path) -> float:
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = Path(_run(python, "-c", code).stdout.strip())
+    total = sum(p.stat().st_size for p in purelib.rglob("*") if p.is_file() and not p.is_symlink())
+    return total / 2**20
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A fresh venv with ``pip install .`` (size measured before pytest is added)."""
+    folder = tmp_path_factory.mktemp("runtime-venv") / "venv"
+    done = _run(sys.executable, "-m", "venv", folder)
+    assert done.returncode == 0, done.stderr
+    python = folder / "bin" / "python"
+    done = _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", ROOT)
+    assert done.returncode == 0, f"pip install . failed:\n{done.stderr[-3000:]}"
+    size = _site_packages_mb(python)
+    done = _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pytest")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"python": python, "site_packages_mb": size}
+
+
+@pytest.fixture(scope="module")
+def export_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from installed_fixtures import write_runtime_fixture
+
+    checkpoint = request.getfixturevalue("tiny_checkpoint")
+    return write_runtime_fixture(tmp_path_factory.mktemp("runtime-export"), checkpoint)
+
+
+@pytest.mark.slow
+def test_runtime_only_install_has_no_training_stack(venv):
+    listed = _run(venv["python"], "-m", "pip", "list", "--format", "json")
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"rtdetr-deploy", "onnxruntime", "numpy", "pillow"} <= names
+    assert not names & TRAINING_STACK, names & TRAINING_STACK
+    assert not [n for n in names if n.startswith(("nvidia-", "cuda-"))]
+    assert venv["site_packages_mb"] <= MAX_RUNTIME_MB, venv["site_packages_mb"]
+    # the installed package is what runs (not this checkout), and torch cannot be imported
+    code = (
+        "import importlib.util, runtime; print(runtime.__file__); "
+        "print([m for m in ('torch', 'transformers', 'torchvision') "
+        "if importlib.util.find_spec(m)])"
+    )
+    done = _run(venv["python"], "-c", code, cwd=venv["python"].parents[1])
+    where, importable = done.stdout.split("\n")[:2]
+    assert "site-packages" in where and importable == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_runtime_tests_pass_in_the_runtime_only_install(venv, export_folder, tmp_path):
+    """test_runtime_installed.py, run by the venv's own pytest against the installed package."""
+    env = {**os.environ, "RTDETR_DEPLOY_TEST_EXPORT": str(export_folder)}
+    env.pop("PYTHONPATH", None)
+    done = _run(
+        venv["python"], "-m", "pytest", TESTS / "test_runtime_installed.py",
+        "-p", "no:cacheprovider", "-q", "-rs", "--rootdir", TESTS, "-c", os.devnull,
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "8 passed" in summary and "skipped" not in summary, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        (["-m", "finetune"], "train"),
+        (["-m", "finetune", "--help"], "train"),
+        (["-m", "finetune.warmstart"], "train"),
+        (["-m", "export", "--opset", "17"], "export"),
+        (["-m", "pytest", "bench/", "--benchmark-only"], "bench"),
+    ],
+)
+def test_training_commands_name_the_extra(venv, command, extra):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = _run(venv["python"], *command, cwd=ROOT, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert f"needs the [{extra}] extra" in output and f"rtdetr-deploy[{extra}]" in output
+    assert "Traceback" not in output

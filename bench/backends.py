@@ -9,9 +9,12 @@
 - ``predict(images)``: every top-k detection (no threshold) as :class:`finetune.metrics.Boxes`,
   for mAP.
 
-PyTorch preprocesses with the checkpoint's Hugging Face image processor, ONNX Runtime with
-``runtime.preprocess`` (what a deployed client runs). For model-only latency both get the
-SAME preprocessed tensor.
+Both preprocess with ``runtime.preprocess`` (what a deployed client runs): ONNX Runtime
+through ``runtime.Detector`` with the graph's metadata, PyTorch through
+:func:`finetune.pixels.pixel_values` with the checkpoint's processor config, which export
+wrote into that metadata. Their tensors are bit-identical, so an mAP difference is the
+model's, not two resizers' (transformers' processor rounds ~1% of the pixels differently).
+For model-only latency both get the SAME preprocessed tensor.
 """
 
 from __future__ import annotations
@@ -110,10 +113,11 @@ class TorchBackend:
         return [f"torch cpu ({torch.get_num_threads()} threads)"]
 
     def prepare(self, images: Sequence[np.ndarray]) -> Feed:
-        batch = [_writable(image) for image in images]
-        pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
-        sizes = np.array([[im.shape[1], im.shape[0]] for im in batch], dtype=np.int64)
-        return {"images": pixels.float().numpy(), "orig_target_sizes": sizes}
+        """The runtime's preprocessing with the checkpoint's config (``finetune.pixels``)."""
+        from finetune.pixels import pixel_array
+
+        sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.int64)
+        return {"images": pixel_array(self.processor, images), "orig_target_sizes": sizes}
 
     @torch.inference_mode()
     def model_only(self, feed: Feed) -> Outputs:

@@ -200,8 +200,10 @@ class LatencyInputs:
 def latency_inputs(
     testset: TestSet, backends: dict[str, Any], bench_options: BenchOptions
 ) -> LatencyInputs:
-    """Test images (repeated if there are fewer than the batch), preprocessed once by the
-    checkpoint's own image processor: every backend's model-only case gets this tensor."""
+    """Test images (repeated if there are fewer than the batch), preprocessed once by
+    ``TorchBackend.prepare`` (``finetune.pixels``: the runtime's preprocessing with the
+    checkpoint's processor config, bit-identical to ``Detector.prepare``): every backend's
+    model-only case gets this tensor."""
     paths, feeds = {}, {}
     for batch in bench_options.batches:
         index = [i % len(testset.paths) for i in range(batch)]

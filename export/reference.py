@@ -1,8 +1,10 @@
 """The PyTorch side of verification: ``DeployModel`` outputs on preprocessed images.
 
 Computed once per export and shared by the fp32 model and every variant. The images are
-preprocessed by the checkpoint's own image processor, and the same ``pixel_values`` are then
-fed to ONNX Runtime, so a difference between the two backends is the graph's alone.
+preprocessed by :func:`finetune.pixels.pixel_values` (the runtime's preprocessing with the
+checkpoint's processor config: the tensor ``runtime.Detector`` will feed the exported graph),
+and the same ``pixel_values`` are then fed to ONNX Runtime, so a difference between the two
+backends is the graph's alone, measured on the input the deployed model really gets.
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ def _boundary_tie(encoder_scores: Any, k: int) -> bool:
 def torch_reference(
     model: Any, processor: Any, images: Sequence[np.ndarray], num_top_queries: int | None = None
 ) -> Reference:
-    """Preprocess ``images`` with the checkpoint's processor and run ``DeployModel`` on them."""
+    """Preprocess ``images`` as the runtime does (:func:`finetune.pixels.pixel_values`, with
+    ``processor``'s config) and run ``DeployModel`` on them."""
     import torch
 
+    from finetune.pixels import pixel_values as preprocess
     from finetune.postprocess import DeployModel
 
     deploy = DeployModel(model, num_top_queries).eval()
@@ -64,8 +68,7 @@ def torch_reference(
     try:
         with torch.inference_mode():
             for image in images:
-                image = image if image.flags.writeable else image.copy()  # torch warns otherwise
-                pv = processor(images=[image], return_tensors="pt")["pixel_values"].float()
+                pv = preprocess(processor, [image])
                 size = torch.tensor([[image.shape[1], image.shape[0]]], dtype=torch.int64)
                 start = time.perf_counter()
                 labels, boxes, scores = deploy(pv, size)

@@ -138,7 +138,12 @@ def to_fp16(src: Path, dst: Path) -> dict[str, str]:
 
 
 class _Calibration:
-    """``CalibrationDataReader`` feeding preprocessed images one at a time."""
+    """``CalibrationDataReader`` feeding preprocessed images one at a time.
+
+    Preprocessed by :func:`finetune.pixels.pixel_array` (the runtime's preprocessing with the
+    checkpoint's processor config): int8 ranges are calibrated on exactly what
+    ``runtime.Detector`` will feed the quantised graph.
+    """
 
     def __init__(self, processor: Any, images: Sequence[np.ndarray]) -> None:
         self.processor = processor
@@ -146,11 +151,12 @@ class _Calibration:
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
     def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        from finetune.pixels import pixel_array
+
         for image in self.images:
-            image = image if image.flags.writeable else image.copy()  # torch warns otherwise
-            pv = self.processor(images=[image], return_tensors="np")["pixel_values"]
+            pv = pixel_array(self.processor, [image])
             sizes = np.array([[image.shape[1], image.shape[0]]], dtype=np.int64)
-            yield {"images": pv.astype(np.float32), "orig_target_sizes": sizes}
+            yield {"images": pv, "orig_target_sizes": sizes}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:

@@ -1,7 +1,9 @@
 """Predict with a PyTorch checkpoint through the deploy post-processor and score it.
 
 The same :class:`~finetune.postprocess.DeployModel` is what ``export`` traces to ONNX, and
-:func:`~finetune.metrics.mean_average_precision` is what the benchmark scores ONNX with.
+:func:`~finetune.metrics.mean_average_precision` is what the benchmark scores ONNX with. The
+model input is :func:`finetune.pixels.pixel_values`: the runtime's preprocessing with the
+checkpoint's processor config, so PyTorch and the exported model are scored on the same pixels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune.metrics import Boxes, mean_average_precision
+from finetune.pixels import pixel_values
 from finetune.postprocess import DeployModel
 from runtime.images import to_rgb_array
 
@@ -30,16 +33,20 @@ def predict_images(
     batch_size: int = 8,
     progress: bool = False,
 ) -> list[Boxes]:
-    """All top-k detections (no threshold) for RGB ``images``, boxes in their own pixels."""
+    """All top-k detections (no threshold) for RGB ``images``, boxes in their own pixels.
+
+    ``images`` are RGB uint8 arrays, preprocessed by :func:`finetune.pixels.pixel_values`
+    (``processor`` only supplies its config), exactly as ``runtime.Detector`` preprocesses.
+    """
     deploy = DeployModel(model).eval()
     device = next(model.parameters()).device
     out: list[Boxes] = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
         batch = list(images[start : start + batch_size])
-        pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
+        pixels = pixel_values(processor, batch, device=device)
         sizes = torch.tensor([[im.shape[1], im.shape[0]] for im in batch], device=device)
-        labels, boxes, scores = deploy(pixel_values, sizes)
+        labels, boxes, scores = deploy(pixels, sizes)
         for lab, box, score in zip(
             labels.cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy(), strict=True
         ):

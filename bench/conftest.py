@@ -137,12 +137,14 @@ def backends(artifacts: Any, bench_options: BenchOptions, results: Results) -> d
     from bench.backends import Unavailable, build_backends
 
     found = build_backends(artifacts, bench_options)
+    runtimes = {"pytorch": "PyTorch eager", "pytorch-compile": "PyTorch compile",
+                "onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # fmt: skip
     for key, backend in found.items():
         if isinstance(backend, Unavailable):
-            if backend.status != "skipped":
-                results.backends[key] = BackendRow(
-                    key, "ONNX Runtime", backend.precision, backend.status, backend.reason
-                )
+            runtime = runtimes.get(key, runtimes[key.split("-")[0]])
+            results.backends[key] = BackendRow(
+                key, runtime, backend.precision, backend.status, backend.reason
+            )
         else:
             results.backends[key] = BackendRow(
                 key,
@@ -186,6 +188,15 @@ def testset(artifacts: Any, backends: dict[str, Any], results: Results) -> TestS
     paths = list(split.image_paths)
     results.environment["test images"] = len(paths)
     return TestSet(paths, [to_rgb_array(p) for p in paths], targets_of(split), list(split.classes))
+
+
+@pytest.fixture(scope="session")
+def parity_feeds(testset: TestSet, backends: dict[str, Any], bench_options: BenchOptions) -> list:
+    """The test split preprocessed ONCE, ``--batch`` images a feed: every backend's accuracy
+    gate runs on these same tensors (model parity; see bench/gates.py)."""
+    prepare = backends["pytorch"].prepare
+    step = bench_options.batch
+    return [prepare(testset.images[i : i + step]) for i in range(0, len(testset.images), step)]
 
 
 @dataclass

@@ -82,6 +82,9 @@ class Accuracy:
     consistency: float | None = None  # mAP50:95 against PyTorch's top detections
     diff: float | None = None  # mAP50:95 minus PyTorch's
     tolerance: float | None = None
+    e2e_metrics: dict[str, float] | None = None  # own preprocessing, from decoded images
+    e2e_diff: float | None = None
+    failures: list[str] = field(default_factory=list)  # the gates it failed (bench.gates)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class BackendRow:
     reason: str = ""
     size_mb: float | None = None
     providers: list[str] = field(default_factory=list)
+    compile_s: float | None = None  # torch.compile: wall time of the first call
 
 
 @dataclass
@@ -115,6 +119,12 @@ class Results:
     def get(self, backend: str, kind: str, batch: int) -> Latency | None:
         return self.latency.get((backend, kind, batch))
 
+    def record_compile(self, backend: Any) -> None:
+        """Copy a compiled backend's compile time (its first call) into its row."""
+        seconds = getattr(backend, "compile_s", None)
+        if seconds is not None and backend.name in self.backends:
+            self.backends[backend.name].compile_s = seconds
+
     @property
     def empty(self) -> bool:
         return not (self.latency or self.accuracy or self.real_sizes)
@@ -122,15 +132,13 @@ class Results:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per backend with the table's numbers (None: not measured)."""
         batch_n = self.batch
-        torch_model = self.get("pytorch", MODEL, 1)
+        eager = self.get("pytorch", MODEL, 1)
+        compiled = self.get("pytorch-compile", MODEL, 1)
         out = []
         for row in self.backends.values():
             model, e2e = self.get(row.name, MODEL, 1), self.get(row.name, E2E, 1)
             many = self.get(row.name, MODEL, batch_n) if batch_n > 1 else None
             acc = self.accuracy.get(row.name)
-            speedup = None
-            if model and torch_model and model.p50_ms and torch_model.p50_ms:
-                speedup = torch_model.p50_ms / model.p50_ms
             out.append(
                 {
                     **asdict(row),
@@ -138,6 +146,8 @@ class Results:
                     "map_50": acc.metrics["map_50"] if acc else None,
                     "map_diff": acc.diff if acc else None,
                     "consistency": acc.consistency if acc else None,
+                    "e2e_map": acc.e2e_metrics["map"] if acc and acc.e2e_metrics else None,
+                    "gates_passed": (not acc.failures) if acc else None,
                     "model_p50_ms": model.p50_ms if model else None,
                     "model_p95_ms": model.p95_ms if model else None,
                     "e2e_p50_ms": e2e.p50_ms if e2e else None,
@@ -145,10 +155,21 @@ class Results:
                     "fps_e2e": e2e.images_per_s if e2e else None,
                     "batch_n": batch_n,
                     "batch_n_images_per_s": many.images_per_s if many else None,
-                    "speedup_vs_pytorch": speedup,
+                    "speedup_vs_pytorch": _ratio(eager, model),
+                    "speedup_vs_compiled": _ratio(compiled, model),
                 }
             )
         return out
+
+    def decision(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The fastest row (model-only p50, batch 1) that passed the accuracy gates, and the
+        rows that are not ranked (failed, or not gated)."""
+        rows = self.rows()
+        ranked = [
+            r for r in rows if r["status"] == "ok" and r["gates_passed"] and r["model_p50_ms"]
+        ]
+        best = min(ranked, key=lambda r: r["model_p50_ms"]) if ranked else None
+        return best, [r for r in rows if r not in ranked and r["status"] != "skipped"]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +181,12 @@ class Results:
             "claims": [asdict(c) for c in self.claims],
             "notes": self.notes,
         }
+
+
+def _ratio(slow: Latency | None, fast: Latency | None) -> float | None:
+    if slow and fast and slow.p50_ms and fast.p50_ms:
+        return slow.p50_ms / fast.p50_ms
+    return None
 
 
 def describe_environment(device: str, threads: int, warmup: int, rounds: int) -> dict[str, Any]:
@@ -190,6 +217,31 @@ def _f(value: float | None, fmt: str = ".1f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{fmt}}{suffix}"
 
 
+def render_decision(results: Results) -> list[str]:
+    """The answer first: what to ship on this machine, and what was not ranked."""
+    best, unranked = results.decision()
+    if best is None:
+        return ["**Decision:** no row was both timed and accuracy-gated in this run.", ""]
+    versus = [
+        f"{best[key]:.2f}x {what}"
+        for key, what in (("speedup_vs_pytorch", "PyTorch eager"),
+                          ("speedup_vs_compiled", "torch.compile"))
+        if best[key] is not None and best["name"] not in ("pytorch", "pytorch-compile")
+    ]  # fmt: skip
+    speed = f" ({' and '.join(versus)})" if versus else ""
+    lines = [
+        f"**Decision: ship {best['runtime']} {best['precision']}** ({best['name']}): model-only "
+        f"p50 {best['model_p50_ms']:.2f} ms at batch 1{speed}; passes the accuracy gates "
+        f"(ΔmAP50:95 {_f(best['map_diff'], '+.4f')}, consistency "
+        f"{_f(best['consistency'], '.4f')}); end-to-end {_f(best['fps_e2e'])} FPS.",
+        "",
+    ]
+    for r in unranked:
+        why = r["reason"] or "not timed or not gated in this run"
+        lines.append(f"- not ranked: {r['runtime']} {r['precision']}: {r['status']}: {why}")
+    return [*lines, ""] if unranked else lines
+
+
 def render_table(results: Results) -> list[str]:
     """The main table, markdown (reads fine in a terminal too)."""
     rows = results.rows()
@@ -197,23 +249,26 @@ def render_table(results: Results) -> list[str]:
         return []
     n = rows[0]["batch_n"]
     lines = [
-        "| backend | precision | size MB | mAP50:95 | mAP50 | model ms p50 / p95 | "
-        f"end-to-end ms p50 | FPS | batch {n} img/s | speedup vs PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | precision | size MB | mAP50:95 | ΔmAP | consistency | end-to-end mAP | "
+        f"model ms p50 / p95 | end-to-end ms p50 | FPS | batch {n} img/s | vs eager | "
+        "vs compiled | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(
                 f"| {r['runtime']} | {r['precision']} | {_f(r['size_mb'])} | "
-                f"{r['status']}: {r['reason'][:100].replace('|', '/')} | | | | | | |"
+                f"{r['status']}: {r['reason'][:160].replace('|', '/')} |||||||||||"
             )
             continue
         lines.append(
             f"| {r['runtime']} | {r['precision']} | {_f(r['size_mb'])} | {_f(r['map'], '.4f')} | "
-            f"{_f(r['map_50'], '.4f')} | {_f(r['model_p50_ms'], '.2f')} / "
+            f"{_f(r['map_diff'], '+.4f')} | {_f(r['consistency'], '.4f')} | "
+            f"{_f(r['e2e_map'], '.4f')} | {_f(r['model_p50_ms'], '.2f')} / "
             f"{_f(r['model_p95_ms'], '.2f')} | {_f(r['e2e_p50_ms'], '.2f')} | "
             f"{_f(r['fps_e2e'])} | {_f(r['batch_n_images_per_s'])} | "
-            f"{_f(r['speedup_vs_pytorch'], '.2f', 'x')} |"
+            f"{_f(r['speedup_vs_pytorch'], '.2f', 'x')} | "
+            f"{_f(r['speedup_vs_compiled'], '.2f', 'x')} | {_f(r['compile_s'], '.0f')} |"
         )
     return lines
 
@@ -221,20 +276,38 @@ def render_table(results: Results) -> list[str]:
 def render_real_sizes(results: Results) -> list[str]:
     if not results.real_sizes:
         return []
+    first = next(iter(results.real_sizes.values())).info
     lines = [
-        "Real sizes (random weights, latency only; model-only, batch 1, 640x640):",
+        "Real sizes (random weights, latency only; model-only, batch 1, 640x640; interleaved "
+        "rounds). GFLOP/s = the graph's Conv/MatMul/Gemm FLOPs / p50; % peak = of this "
+        f"machine's measured fp32 sgemm peak ({_f(first.get('peak_gflops'), '.0f')} GFLOP/s, "
+        "torch.mm 2048², bench/flops.py):",
         "",
-        "| model | backend | ms p50 / p95 | FPS | speedup vs PyTorch | rounds |",
-        "|---|---|---|---|---|---|",
+        "| model | runtime | precision | ms p50 (p5-p95) | FPS | vs eager | GFLOP/s | % peak "
+        "| rounds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (size, backend), lat in results.real_sizes.items():
-        torch = results.real_sizes.get((size, "pytorch"))
-        speedup = torch.p50_ms / lat.p50_ms if torch and torch.p50_ms and lat.p50_ms else None
+        eager = results.real_sizes.get((size, "pytorch"))
+        gflops, peak = lat.info.get("gflops"), lat.info.get("peak_gflops")
+        rate = gflops / lat.p50_ms * 1000 if gflops and lat.p50_ms else None
+        spread = f"{_f(lat.percentile_ms(5), '.0f')}-{_f(lat.percentile_ms(95), '.0f')}"
         lines.append(
-            f"| {lat.info.get('label', size)} | {backend} | {_f(lat.p50_ms, '.1f')} / "
-            f"{_f(lat.p95_ms, '.1f')} | {_f(lat.images_per_s, '.2f')} | "
-            f"{_f(speedup, '.2f', 'x')} | {len(lat.times_s or [])} |"
+            f"| {size.upper()} | {lat.info.get('runtime', backend)} | "
+            f"{lat.info.get('precision', '')} | {_f(lat.p50_ms, '.0f')} ({spread}) | "
+            f"{_f(lat.images_per_s, '.2f')} | {_f(_ratio(eager, lat), '.2f', 'x')} | "
+            f"{_f(rate, '.0f')} | {_f(rate / peak * 100 if rate and peak else None, '.0f', '%')}"
+            f" | {len(lat.times_s or [])} |"
         )
+    sizes = dict.fromkeys(size for size, _ in results.real_sizes)
+    counted = [f"{s.upper()} {results.real_sizes[(s, 'onnx-fp32')].info.get('gflops', 0):.1f}"
+               for s in sizes if (s, "onnx-fp32") in results.real_sizes]  # fmt: skip
+    if counted:
+        lines += [
+            "",
+            f"GFLOPs per image counted from the graph: {', '.join(counted)} (int8 rows: the "
+            "same arithmetic, in int8; their % peak is of the fp32 peak).",
+        ]
     return lines
 
 
@@ -242,15 +315,20 @@ def render_markdown(results: Results) -> str:
     """The whole report: environment, table, how to read it, real sizes, claims, notes."""
     env = results.environment
     lines = ["# rtdetr-deploy benchmark", ""]
+    if results.rows():
+        lines += render_decision(results)
     lines += [f"- {k}: {v}" for k, v in env.items()]
     if table := render_table(results):
         lines += ["", *table, ""]
         lines += [
-            "model = preprocessed tensor in -> labels/boxes/scores out (RT-DETR post-processing "
-            "included), batch 1; end-to-end = decode file + preprocess + model + threshold, "
-            "batch 1; FPS = 1000 / end-to-end p50; batch N img/s = model-only throughput; "
-            "speedup = PyTorch model p50 / this model p50. mAP on the test split with "
-            "finetune.metrics.mean_average_precision; each backend uses its own preprocessing.",
+            "mAP50:95, ΔmAP (vs PyTorch eager) and consistency (detections vs PyTorch's): model "
+            "parity, every backend fed the SAME preprocessed tensors of the test split (the "
+            "accuracy gates, bench/gates.py); end-to-end mAP: each backend's own preprocessing "
+            "from the decoded images. model = preprocessed tensor in -> labels/boxes/scores out "
+            "(RT-DETR post-processing included), batch 1; end-to-end = decode file + preprocess "
+            "+ model + threshold, batch 1; FPS = 1000 / end-to-end p50; batch N img/s = "
+            "model-only throughput; vs eager / vs compiled = that model p50 / this model p50; "
+            "compile s = torch.compile's first call.",
             "",
         ]
     if real := render_real_sizes(results):

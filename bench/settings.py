@@ -19,6 +19,7 @@ __all__ = [
     "FAST_TRAIN_ARGS",
     "MAP_TOLERANCE",
     "SCORE_THRESHOLD",
+    "TRAINED_MAP",
     "BenchOptions",
     "add_options",
     "cache_dir",
@@ -60,8 +61,12 @@ MAP_TOLERANCE = {name: tol.max_map_drop for name, tol in TOLERANCES.items()}
 # 0.979, BGR input 0.864, (width, height) swapped, rescale missing or labels off by one 0.0.
 # Variants change the arithmetic (int8 measured 0.947 on the 192 px model): their consistency
 # is reported, and their parity is held by MAP_TOLERANCE and export's verification.
-CONSISTENCY_MIN = {"fp32": 0.99}
+CONSISTENCY_MIN = {"fp32": 0.99, "fp16": 0.95, "int8": 0.90}
 CONSISTENCY_TOP = 10
+# fp16 and int8 change the arithmetic, so their detections reorder where scores nearly tie,
+# as they do everywhere in an untrained model: their consistency gate applies only when the
+# reference is a trained model (PyTorch mAP50:95 at least this); fp32's always applies.
+TRAINED_MAP = 0.1
 
 # Score threshold of the end-to-end path (the runtime's default): detections are what a
 # caller gets, after thresholding.
@@ -95,6 +100,7 @@ class BenchOptions:
     batch: int = 8
     fast: bool = False
     real_sizes: bool = True
+    compile: bool = True
     target_fps: float = 30.0
     rounds: int = 30
     warmup: int = 5
@@ -103,6 +109,13 @@ class BenchOptions:
     def batches(self) -> tuple[int, ...]:
         """Batch sizes measured: 1 and ``--batch``."""
         return (1,) if self.batch == 1 else (1, self.batch)
+
+    @property
+    def compile_skip_reason(self) -> str:
+        """Why the torch.compile row is not run (when ``compile`` is false)."""
+        if self.fast:
+            return "--fast: torch.compile's first call takes ~3 minutes on 2 CPU cores"
+        return "--no-compile"
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -123,6 +136,8 @@ OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                       "help": "also time R18/R50-sized models at 640 px (default)"}),
     ("--no-real-sizes", {"dest": "real_sizes", "action": "store_false",
                          "help": "skip the R18/R50 latency"}),
+    ("--no-compile", {"dest": "compile", "action": "store_false", "default": True,
+                      "help": "skip the torch.compile row (its first call takes minutes)"}),
     ("--target-fps", {"type": float, "default": 30.0, "metavar": "FPS",
                       "help": "real-time target, end-to-end, batch 1 (default 30)"}),
     ("--rounds", {"type": int, "metavar": "N", "help": "timed rounds (default 30, --fast 5)"}),
@@ -151,6 +166,7 @@ def options_from(config: pytest.Config) -> BenchOptions:
         batch=get("batch"),
         fast=fast,
         real_sizes=bool(get("real_sizes")) and not fast,
+        compile=bool(get("compile")) and not fast,
         target_fps=get("target_fps"),
         rounds=get("rounds") or (5 if fast else 30),
         warmup=get("warmup") if get("warmup") is not None else (1 if fast else 5),

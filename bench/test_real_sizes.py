@@ -1,75 +1,88 @@
-"""Latency of R18- and R50-sized RT-DETR at 640 px (random weights, latency only).
+"""Latency of R18- and R50-sized RT-DETR at 640 px, every runtime and precision that applies.
 
-PyTorch eager vs ONNX Runtime fp32, model-only, batch 1, the same random input for both,
-``real_sizes.WARMUP`` + ``real_sizes.ROUNDS`` rounds (R50 is ~1 s per image on 2 CPU cores).
-Skipped under ``--fast`` and ``--no-real-sizes``.
+Random weights, latency only (labelled so): PyTorch eager, ONNX Runtime fp32 and int8
+(export's recipe, calibrated on generated images), OpenVINO fp32 and int8 where installed;
+model-only, batch 1, the same random input for all, timed in interleaved rounds
+(``real_sizes.interleaved``), with achieved GFLOP/s (FLOPs counted from the graph) and the
+fraction of this machine's measured fp32 peak (``bench.flops``). torch.compile is not run at
+these sizes: its first call takes minutes per model on a small CPU, past the suite's budget
+(the default model's compile row shows it). Skipped under ``--fast`` and ``--no-real-sizes``.
 """
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 import pytest
 
 from bench.backends import OnnxBackend, TorchBackend
+from bench.flops import fp32_peak_gflops, graph_gflops
+from bench.ov_backend import OpenVinoBackend, openvino_version
 from bench.real_sizes import (
     IMAGE_SIZE,
     ROUNDS,
     SIZES,
     WARMUP,
     build_model,
+    cached_int8,
     cached_onnx,
+    interleaved,
     random_feed,
 )
-from bench.report import MODEL, Results
+from bench.report import MODEL, Latency, Results
 from bench.settings import BenchOptions
 
-CASES = [("r18", "pytorch"), ("r18", "onnx-fp32"), ("r50", "pytorch"), ("r50", "onnx-fp32")]
+
+def _backends(size: str, options: BenchOptions, results: Results) -> dict[str, Any]:
+    """Every row that applies to this device, built from one seeded model."""
+    model = build_model(SIZES[size])
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    fp32 = cached_onnx(SIZES[size], model)
+    found: dict[str, Any] = {
+        "pytorch": TorchBackend(model, None, device=options.device, size_mb=params / 1e6, batch=1),
+        "onnx-fp32": OnnxBackend(fp32, device=options.device, threads=options.threads, batch=1),
+    }
+    if options.device != "cpu":
+        return found
+    int8 = cached_int8(SIZES[size], fp32)
+    found["onnx-int8"] = OnnxBackend(
+        int8, device="cpu", threads=options.threads, batch=1, name="onnx-int8"
+    )
+    if openvino_version() is None:
+        note = "real sizes: OpenVINO rows skipped (not installed: pip install -e '.[openvino]')"
+        if note not in results.notes:
+            results.notes.append(note)
+        return found
+    for precision, path in (("fp32", fp32), ("int8", int8)):
+        key = f"openvino-{precision}"
+        found[key] = OpenVinoBackend(path, threads=options.threads, batch=1, name=key)
+    return found
 
 
-@pytest.fixture(scope="session")
-def real_size_backend(bench_options: BenchOptions) -> Any:
-    """``get(size, backend)``: built once per session; R50's graph is cached on disk."""
+@pytest.mark.parametrize("size", list(SIZES))
+def test_real_size_latency(
+    benchmark: Any, size: str, bench_options: BenchOptions, results: Results
+) -> None:
     if bench_options.fast:
         pytest.skip("--fast: R18/R50 at 640 px take minutes on a CPU; run without --fast")
     if not bench_options.real_sizes:
         pytest.skip("--no-real-sizes")
-
-    @cache
-    def get(size: str, name: str) -> Any:
-        model = build_model(SIZES[size])
-        if name == "pytorch":
-            params = sum(p.numel() * p.element_size() for p in model.parameters())
-            return TorchBackend(
-                model, None, device=bench_options.device, size_mb=params / 1e6, batch=1
-            )
-        return OnnxBackend(
-            cached_onnx(SIZES[size], model),
-            device=bench_options.device,
-            threads=bench_options.threads,
-            batch=1,
-        )
-
-    return get
-
-
-@pytest.mark.parametrize(("size", "name"), CASES, ids=[f"{s}-{n}" for s, n in CASES])
-def test_real_size_latency(
-    benchmark: Any, measure: Any, size: str, name: str, real_size_backend: Any, results: Results
-) -> None:
-    backend = real_size_backend(size, name)
-    latency = measure(
-        backend,
-        MODEL,
-        1,
-        backend.model_only,
-        random_feed(),
-        includes=f"random weights, latency only: {IMAGE_SIZE}x{IMAGE_SIZE} tensor in -> "
-        "labels/boxes/scores out",
-        group=f"real sizes (random weights, latency only), {IMAGE_SIZE} px, batch 1",
-        warmup=WARMUP,
-        rounds=ROUNDS,
-        label=SIZES[size].label,
-    )
-    results.real_sizes[(size, name)] = latency
+    backends = _backends(size, bench_options, results)
+    feed = random_feed()
+    calls = {name: (lambda b=b: b.model_only(feed)) for name, b in backends.items()}
+    benchmark.group = f"real sizes (random weights, latency only), {IMAGE_SIZE} px, batch 1"
+    benchmark.extra_info.update({"label": SIZES[size].label, "rows": list(calls)})
+    times = benchmark.pedantic(interleaved, args=(calls,), rounds=1, iterations=1)
+    gflops = graph_gflops(backends["onnx-fp32"].detector.path)
+    peak = fp32_peak_gflops(bench_options.threads)
+    for name, backend in backends.items():
+        results.real_sizes[(size, name)] = Latency(
+            name, MODEL, 1, times[name],
+            {
+                "label": SIZES[size].label, "runtime": backend.runtime,
+                "precision": backend.precision, "threads": bench_options.threads,
+                "gflops": gflops, "peak_gflops": peak, "warmup": WARMUP, "rounds": ROUNDS,
+                "includes": f"random weights, latency only: {IMAGE_SIZE}x{IMAGE_SIZE} tensor in "
+                "-> labels/boxes/scores out; interleaved rounds",
+            },
+        )  # fmt: skip

@@ -2,8 +2,9 @@
 
 Checks, in order: ``onnx.checker`` with ``full_check=True``; the graph's inputs and outputs
 against :mod:`export.contract`; the metadata read back as the runtime reads it; then parity with
-PyTorch on real images. Both backends get the SAME ``pixel_values`` (from the checkpoint's
-image processor), so any difference is the graph's. Parity is judged on detections (see
+PyTorch on real images. Both backends get the SAME ``pixel_values`` (the runtime's
+preprocessing with the checkpoint's config, ``finetune.pixels``), so any difference is the
+graph's. Parity is judged on detections (see
 :mod:`export.parity`), at a score threshold and on the top 10 per image, at batch 1 and again
 at batch 2 (the dynamic batch), and, where the images have ground truth, on mAP through
 :func:`finetune.metrics.mean_average_precision`.

@@ -10,6 +10,7 @@ import supervision as sv
 import torch
 from torch.utils.data import Dataset
 
+from finetune.pixels import pixel_array
 from runtime.images import to_rgb_array
 
 __all__ = ["DetectionTorchDataset", "collate_fn", "train_transform", "valid_transform"]
@@ -71,12 +72,27 @@ def coco_annotation(image_id: int, xyxy: np.ndarray, class_ids: np.ndarray) -> d
 
 
 class DetectionTorchDataset(Dataset):
-    """Wrap an ``sv.DetectionDataset`` split: each item is ``{"pixel_values", "labels"}``."""
+    """Wrap an ``sv.DetectionDataset`` split: each item is ``{"pixel_values", "labels"}``.
 
-    def __init__(self, dataset: sv.DetectionDataset, processor: Any, transform: A.Compose) -> None:
+    ``evaluation=True`` (the valid split the Trainer scores every epoch): the pixels come from
+    the runtime's preprocessing (``finetune.pixels``), so the mAP that picks ``best/`` is
+    computed on the pixels the deployed model sees; labels still come from the processor.
+    Training items keep the processor's pixels (the difference is one uint8 step on ~1% of
+    the pixels, irrelevant to learning).
+    """
+
+    def __init__(
+        self,
+        dataset: sv.DetectionDataset,
+        processor: Any,
+        transform: A.Compose,
+        *,
+        evaluation: bool = False,
+    ) -> None:
         self.dataset = dataset
         self.processor = processor
         self.transform = transform
+        self.evaluation = evaluation
         self.paths = list(dataset.image_paths)
 
     def __len__(self) -> int:
@@ -98,7 +114,10 @@ class DetectionTorchDataset(Dataset):
             annotations=coco_annotation(idx, bboxes, categories),
             return_tensors="pt",
         )
-        return {"pixel_values": encoded["pixel_values"][0], "labels": encoded["labels"][0]}
+        pixels = encoded["pixel_values"][0]
+        if self.evaluation:
+            pixels = torch.from_numpy(pixel_array(self.processor, [out["image"]])[0])
+        return {"pixel_values": pixels, "labels": encoded["labels"][0]}
 
 
 def collate_fn(batch: list[dict[str, Any]]) -> dict[str, Any]:

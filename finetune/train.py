@@ -147,7 +147,7 @@ def build_trainer(
 ) -> Trainer:
     """A Trainer for object detection as transformers' own example sets it up."""
     train_ds = DetectionTorchDataset(splits.train, processor, train_transform())
-    valid_ds = DetectionTorchDataset(splits.valid, processor, valid_transform())
+    valid_ds = DetectionTorchDataset(splits.valid, processor, valid_transform(), evaluation=True)
     num_top = int(getattr(model.config, "num_queries", 300))
     return DetectionTrainer(
         model=model,

@@ -8,11 +8,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.artifacts import find_variants
 from bench.claims import FAILED, NOT_HERE, NOT_MEASURED, VERIFIED, evaluate_claims
-from bench.report import E2E, MODEL, Accuracy, BackendRow, Latency, Results, write_report
+from bench.report import (
+    E2E,
+    MODEL,
+    Accuracy,
+    BackendRow,
+    Latency,
+    Results,
+    render_markdown,
+    write_report,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -105,11 +115,79 @@ def test_write_report(tmp_path: Path) -> None:
     results.claims = evaluate_claims(results, device="cpu", target_fps=30)
     md, js, png = write_report(results, tmp_path)
     text = md.read_text()
-    assert "| ONNX Runtime | fp32 | — | 0.5000 | 0.8000 | 10.00 / 10.00 | 20.00 | 50.0 |" in text
+    assert (
+        "| ONNX Runtime | fp32 | — | 0.5000 | +0.0000 | 1.0000 | — | 10.00 / 10.00 | 20.00 | "
+        "50.0 | — | 2.00x | — | — |"
+    ) in text
     assert "FAILED: export verification failed" in text
     rows = {r["name"]: r for r in json.loads(js.read_text())["rows"]}
     assert rows["onnx-fp32"]["speedup_vs_pytorch"] == pytest.approx(2.0)
     assert png.stat().st_size > 0
+
+
+def _gated(results: Results, name: str, runtime: str, precision: str, ms: float, failures=()):
+    results.backends[name] = BackendRow(name, runtime, precision)
+    results.latency[(name, MODEL, 1)] = _latency(name, MODEL, ms)
+    results.accuracy[name] = Accuracy(
+        name, {"map": 0.5, "map_50": 0.8}, 10, 0.99, 0.0, 0.01, failures=list(failures)
+    )
+    if failures:
+        results.backends[name].status = "FAILED"
+        results.backends[name].reason = "; ".join(failures)
+
+
+def test_decision_is_the_fastest_row_that_passed_the_gates() -> None:
+    results = _results(40.0, 10.0)
+    results.accuracy["pytorch"] = Accuracy("pytorch", {"map": 0.5, "map_50": 0.8}, 10, 1.0)
+    _gated(results, "onnx-fp32", "ONNX Runtime", "fp32", 10.0)
+    _gated(results, "onnx-int8", "ONNX Runtime", "int8", 8.0)
+    _gated(results, "openvino-int8", "OpenVINO", "int8", 5.0, ["consistency 0.71 < 0.9"])
+    results.backends["pytorch-compile"] = BackendRow(
+        "pytorch-compile", "PyTorch compile", "fp32", "skipped", "--fast: takes minutes"
+    )
+    best, unranked = results.decision()
+    assert best is not None and best["name"] == "onnx-int8"  # openvino-int8 is faster, failed
+    assert [r["name"] for r in unranked] == ["openvino-int8"]  # skipped rows are not listed
+    text = render_markdown(results)
+    assert text.index("**Decision: ship ONNX Runtime int8**") < text.index("| backend |")
+    assert "5.00x PyTorch eager" in text
+    assert "not ranked: OpenVINO int8: FAILED: consistency 0.71 < 0.9" in text
+
+
+def test_interleaved_rounds_rotate_the_order() -> None:
+    from bench.real_sizes import interleaved
+
+    calls: list[str] = []
+    times = interleaved({n: (lambda n=n: calls.append(n)) for n in "abc"}, warmup=1, rounds=3)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_graph_flops_count_conv_and_matmul(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bench.flops import graph_gflops
+
+    weight = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")  # 8 out, 3x3
+    matrix = numpy_helper.from_array(np.zeros((8, 5), np.float32), "m")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),  # 8x16x16 out
+            helper.make_node("Transpose", ["y"], ["t"], perm=[0, 2, 3, 1]),  # N,16,16,8
+            helper.make_node("MatMul", ["t", "m"], ["z"]),  # N,16,16,5
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [weight, matrix],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    conv = 2 * (8 * 16 * 16) * (3 * 3 * 3)
+    matmul = 2 * (16 * 16 * 5) * 8
+    assert graph_gflops(path) * 1e9 == pytest.approx(conv + matmul)
+    assert graph_gflops(path, batch=2) * 1e9 == pytest.approx(2 * (conv + matmul))
 
 
 @pytest.mark.parametrize(("size", "paper_params_m"), [("r18", 20), ("r50", 42)])

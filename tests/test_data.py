@@ -10,6 +10,7 @@ from PIL import Image
 
 from finetune.data import DetectionTorchDataset, collate_fn, train_transform, valid_transform
 from finetune.model import small_processor
+from finetune.pixels import preprocessing_of
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +72,24 @@ def test_torch_dataset_item_and_collate(tmp_path) -> None:
     assert batch["pixel_values"].shape == (3, 3, 64, 64)
     assert batch["pixel_values"].dtype == torch.float32
     assert len(batch["labels"][1]["class_labels"]) == 0  # background image
+
+
+@pytest.mark.unit
+def test_evaluation_items_carry_the_runtime_pixels(tmp_path) -> None:
+    """The valid split the Trainer scores each epoch sees what the deployed model sees."""
+    from runtime.images import to_rgb_array
+    from runtime.preprocessing import preprocess
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (97, 143, 3), dtype=np.uint8)).save(path)
+    annotations = {str(path): sv.Detections(xyxy=np.array([[5, 5, 50, 40]], float),
+                                            class_id=np.array([0]))}  # fmt: skip
+    dataset = sv.DetectionDataset(["a"], [str(path)], annotations)
+    processor = small_processor(64)
+    evaluation = DetectionTorchDataset(dataset, processor, valid_transform(), evaluation=True)[0]
+    training = DetectionTorchDataset(dataset, processor, valid_transform())[0]
+    expected = preprocess([to_rgb_array(path)], preprocessing_of(processor))[0]
+    np.testing.assert_array_equal(evaluation["pixel_values"].numpy(), expected)
+    assert not np.array_equal(training["pixel_values"].numpy(), expected)  # the processor's
+    assert evaluation["labels"]["boxes"].tolist() == training["labels"]["boxes"].tolist()

@@ -1,6 +1,7 @@
 """Latency of every backend: model-only and end-to-end, batch 1 and batch N, same inputs.
 
-- model-only: the SAME preprocessed tensor (``runtime``'s preprocessing, made once) in, ``labels/boxes/scores`` out; RT-DETR's post-processing is included (it is in the graph).
+- model-only: the SAME preprocessed tensor (``runtime``'s preprocessing, made once) in,
+  ``labels/boxes/scores`` out; RT-DETR's post-processing is included (it is in the graph).
 - end-to-end: image files in, thresholded detections out: decode + the backend's own
   preprocessing + model + post-processing.
 """

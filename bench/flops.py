@@ -29,15 +29,31 @@ def _shape(shapes: dict[str, list[int]], name: str) -> list[int] | None:
     return dims if dims and all(d > 0 for d in dims) else None
 
 
-def graph_gflops(path: Path, batch: int = 1) -> float:
-    """GFLOPs of one forward pass of the ONNX graph at ``batch`` (see the module docstring)."""
+def graph_gflops(path: Path, batch: int = 1, axes: dict[str, int] | None = None) -> float:
+    """GFLOPs of one forward pass of the ONNX graph at ``batch`` (see the module docstring).
+
+    Args:
+        path: the graph.
+        batch: the batch size given to the leading symbolic axis of every input.
+        axes: sizes of the other symbolic input axes by name; default read from the file's
+            rtdetr-deploy metadata (``height``/``width`` = its ``input_size``).
+    """
     import onnx
 
     model = onnx.load(str(path))
+    if axes is None:
+        axes = {}
+        props = {p.key: p.value for p in model.metadata_props}
+        if props:
+            from runtime.metadata import ModelMetadata
+
+            axes = ModelMetadata.from_props(props, source=str(path)).axis_sizes
     for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].dim_param:
-            dims[0].dim_value = batch
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.dim_param:
+                size = batch if index == 0 else axes.get(dim.dim_param)
+                if size is not None:
+                    dim.dim_value = size
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes: dict[str, list[int]] = {}
     for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
@@ -63,7 +79,7 @@ def graph_gflops(path: Path, batch: int = 1) -> float:
 
 
 @cache
-def fp32_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+def fp32_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
     """Best ``torch.mm`` float32 throughput with ``threads`` threads (see the docstring)."""
     import torch
 

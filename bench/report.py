@@ -119,6 +119,14 @@ class Results:
     def get(self, backend: str, kind: str, batch: int) -> Latency | None:
         return self.latency.get((backend, kind, batch))
 
+    def gate(self, backend: str) -> str:
+        """``passed``, ``FAILED`` or ``not gated``: the accuracy gates of ``backend`` on the
+        benchmarked model (the real sizes, random weights, inherit it per runtime and precision)."""
+        acc = self.accuracy.get(backend)
+        if acc is None:
+            return "not gated"
+        return "FAILED" if acc.failures else "passed"
+
     def record_compile(self, backend: Any) -> None:
         """Copy a compiled backend's compile time (its first call) into its row."""
         seconds = getattr(backend, "compile_s", None)
@@ -284,8 +292,8 @@ def render_real_sizes(results: Results) -> list[str]:
         "torch.mm 2048², bench/flops.py):",
         "",
         "| model | runtime | precision | ms p50 (p5-p95) | FPS | vs eager | GFLOP/s | % peak "
-        "| rounds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rounds | accuracy gates (benchmarked model) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (size, backend), lat in results.real_sizes.items():
         eager = results.real_sizes.get((size, "pytorch"))
@@ -297,11 +305,12 @@ def render_real_sizes(results: Results) -> list[str]:
             f"{lat.info.get('precision', '')} | {_f(lat.p50_ms, '.0f')} ({spread}) | "
             f"{_f(lat.images_per_s, '.2f')} | {_f(_ratio(eager, lat), '.2f', 'x')} | "
             f"{_f(rate, '.0f')} | {_f(rate / peak * 100 if rate and peak else None, '.0f', '%')}"
-            f" | {len(lat.times_s or [])} |"
+            f" | {len(lat.times_s or [])} | {results.gate(backend)} |"
         )
     sizes = dict.fromkeys(size for size, _ in results.real_sizes)
-    counted = [f"{s.upper()} {results.real_sizes[(s, 'onnx-fp32')].info.get('gflops', 0):.1f}"
-               for s in sizes if (s, "onnx-fp32") in results.real_sizes]  # fmt: skip
+    fp32 = {s: results.real_sizes.get((s, "onnx-fp32")) for s in sizes}
+    counted = [f"{s.upper()} {lat.info['gflops']:.1f}" for s, lat in fp32.items()
+               if lat and lat.info.get("gflops")]  # fmt: skip
     if counted:
         lines += [
             "",

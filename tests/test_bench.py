@@ -201,3 +201,18 @@ def test_real_size_configs_match_the_paper(size: str, paper_params_m: int) -> No
         model = RTDetrForObjectDetection(SIZES[size].config())
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     assert params_m == pytest.approx(paper_params_m, rel=0.05)
+
+
+def test_paper_claim_ignores_rows_that_failed_the_accuracy_gates() -> None:
+    results = _results(20.0, 10.0)
+    results.real_sizes[("r18", "onnx-fp32")] = _latency("onnx-fp32", MODEL, 500.0)
+    results.real_sizes[("r18", "openvino-int8")] = _latency("openvino-int8", MODEL, 100.0)
+    _gated(results, "openvino-int8", "OpenVINO", "int8", 5.0, ["consistency 0.44 < 0.9"])
+    claims = {
+        c.claim.split(":")[0]: c for c in evaluate_claims(results, device="cpu", target_fps=30)
+    }
+    assert "measured 2.00 FPS, onnx-fp32" in claims["RT-DETR-R18"].detail
+    text = render_markdown(results)
+    assert "| 100 (100-100) | 10.00 | — | — | — | 5 | FAILED |" in text
+    assert "| 500 (500-500) | 2.00 | — | — | — | 5 | not gated |" in text
+    assert "GFLOPs per image" not in text  # none were counted

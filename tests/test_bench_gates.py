@@ -1,0 +1,75 @@
+"""The benchmark's accuracy gates (bench/gates.py) on real graphs: an intact export passes,
+a deliberately broken one (one class logit negated inside the graph) is caught."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from runtime_fixtures import photo
+
+from bench.backends import OnnxBackend, TorchBackend
+from bench.gates import Reference, check_row, outputs_to_boxes
+from finetune.metrics import Boxes, mean_average_precision
+from runtime.metadata import ModelMetadata
+
+
+def _negate_class(source: Path, target: Path, class_id: int) -> Path:
+    """A copy whose logit of ``class_id`` is negated before the post-processing's sigmoid."""
+    model = onnx.load(str(source))
+    sigmoid = next(n for n in model.graph.node if n.op_type == "Sigmoid"
+                   and n.name.startswith("/postprocessor/"))  # fmt: skip
+    logits = sigmoid.input[0]
+    props = {p.key: p.value for p in model.metadata_props}
+    mask = np.ones(len(ModelMetadata.from_props(props).id2label), np.float32)
+    mask[class_id] = -1.0
+    model.graph.initializer.append(numpy_helper.from_array(mask, "broken_mask"))
+    model.graph.node.insert(
+        list(model.graph.node).index(sigmoid),
+        helper.make_node("Mul", [logits, "broken_mask"], ["broken_logits"], name="broken"),
+    )
+    sigmoid.input[0] = "broken_logits"
+    onnx.save(model, str(target))
+    return target
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    from export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("gates")
+    intact = Path(export_checkpoint(tiny_checkpoint, folder / "model.onnx", verify=False).path)
+    broken = _negate_class(intact, folder / "broken.onnx", class_id=0)
+    torch_backend = TorchBackend.from_checkpoint(tiny_checkpoint, device="cpu", batch=4)
+    images = [photo(60 + 7 * i, 90 - 5 * i, seed=i) for i in range(8)]
+    feeds = [torch_backend.prepare(images[i : i + 4]) for i in range(0, len(images), 4)]
+    predictions = outputs_to_boxes([torch_backend.model_only(feed) for feed in feeds])
+    # PyTorch's own confident detections as ground truth: a "trained" reference (mAP > 0)
+    targets = [Boxes(p.xyxy[:5], p.class_id[:5]) for p in predictions]
+    reference = Reference(mean_average_precision(predictions, targets), predictions)
+    return intact, broken, feeds, targets, reference
+
+
+def _gate(path: Path, feeds, targets, reference, name: str):
+    backend = OnnxBackend(path, device="cpu", threads=1, batch=4, name=name)
+    predictions = outputs_to_boxes([backend.model_only(feed) for feed in feeds])
+    metrics = mean_average_precision(predictions, targets)
+    return check_row(name, "fp32", metrics, predictions, reference)
+
+
+@pytest.mark.model
+def test_intact_export_passes_the_gates(setup):
+    intact, _, feeds, targets, reference = setup
+    consistency, diff, failures = _gate(intact, feeds, targets, reference, "onnx-fp32")
+    assert failures == [] and consistency == pytest.approx(1.0, abs=1e-3) and abs(diff) < 1e-3
+
+
+@pytest.mark.model
+def test_one_negated_class_logit_fails_the_gates(setup):
+    _, broken, feeds, targets, reference = setup
+    consistency, diff, failures = _gate(broken, feeds, targets, reference, "broken")
+    assert consistency < 0.99 and diff < -0.002
+    assert any("consistency" in f for f in failures) and any("mAP50:95" in f for f in failures)

@@ -102,10 +102,6 @@ class OpenVinoBackend:
                 for i in range(len(paths))]  # fmt: skip
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Boxes]:
-        out = []
-        for start in range(0, len(images), self.batch):
-            labels, boxes, scores = self.model_only(
-                self.prepare(images[start : start + self.batch])
-            )
-            out += [Boxes(boxes[i], labels[i], scores[i]) for i in range(len(labels))]
-        return out
+        from bench.backends import predict_in_batches  # backends imports this module lazily
+
+        return predict_in_batches(self, images)

@@ -25,3 +25,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_factory import write_tiny_checkpoint  # torch: imported only when needed
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The test machine is shared: one PyTorch thread for a module (ONNX Runtime sessions in
+    the tests ask for one thread themselves)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,13 +26,7 @@ from runtime.sidecar import read_sidecar, sidecar_path
 FAST = ["--max-images", "2", "--calibration-images", "2", "--threads", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The test machine is shared: one PyTorch thread (ONNX Runtime gets --threads 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

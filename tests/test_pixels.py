@@ -46,13 +46,7 @@ def _images(model_size: tuple[int, int]) -> list[np.ndarray]:
     ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The test machine is shared: one PyTorch thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,20 @@ class ImageError(ValueError):
     """An image that cannot be read or has an unsupported shape; names the file."""
 
 
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """16-bit (``I;16*``) or 32-bit integer (``I``) grayscale -> 8-bit ``L``, scaled.
+
+    Pillow's ``convert("RGB")`` clips such pixels to 255 instead of scaling them: a 16-bit
+    PNG became an all-white image and silently gave 0 detections. Values are taken as
+    0..65535 (what PNG and TIFF store) and rounded to 0..255.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.rint(np.clip(values, 0, 65535) * (255 / 65535)).astype(np.uint8))
+
+
 def _from_pil(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I
+        image = _high_bit_depth_to_l(image)
     if image.mode != "RGB":
         if image.mode in ("RGBA", "LA", "P", "PA"):
             image = image.convert("RGBA")
@@ -51,6 +64,12 @@ def to_rgb_array(image: ImageInput, *, bgr: bool = False) -> np.ndarray:
                 pil = ImageOps.exif_transpose(pil)
                 pil.load()
                 return _from_pil(pil)
+        except Image.DecompressionBombError:
+            raise ImageError(
+                f"{path}: image is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
+                "pixels (decompression-bomb protection); if the file is trusted, raise "
+                "PIL.Image.MAX_IMAGE_PIXELS"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{path}: cannot decode image ({exc})") from None
     if isinstance(image, Image.Image):

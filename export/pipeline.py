@@ -94,6 +94,17 @@ def _verified(report: dict[str, Any], final: Path) -> dict[str, Any] | None:
     }
 
 
+def _write_error(final: Path, exc: OSError) -> str:
+    """One line for an OSError while writing ``final`` (or its sidecar and report)."""
+    what = exc.strerror or str(exc)
+    kept = (
+        f"the existing {final.name} was not replaced"
+        if final.exists()
+        else "nothing was written under that name"
+    )
+    return f"{final}: cannot write the export: {what}; {kept}. Free space or choose --output"
+
+
 def _publish(tmp: Path, final: Path, report: dict[str, Any], metadata: ModelMetadata) -> None:
     """Rename the verified file to its final name, then write its sidecar and report.
 
@@ -103,8 +114,14 @@ def _publish(tmp: Path, final: Path, report: dict[str, Any], metadata: ModelMeta
     """
     sidecar_path(final).unlink(missing_ok=True)
     os.replace(tmp, final)
-    write_sidecar(final, metadata, verified=_verified(report, final))
-    atomic_write_json(report_path(final), report)
+    try:
+        write_sidecar(final, metadata, verified=_verified(report, final))
+        atomic_write_json(report_path(final), report)
+    except OSError as exc:
+        raise ExportError(
+            f"{final}: written and verified, but its sidecar or report could not be written "
+            f"({exc.strerror or exc}); free space, then `python -m runtime.sidecar {final}`"
+        ) from None
     failed_report_path(final).unlink(missing_ok=True)
 
 
@@ -302,6 +319,8 @@ def export_checkpoint(
                 where,
             )
         _publish(tmp, final, report, metadata)
+    except OSError as exc:  # a full disk, a quota, a folder removed under us: bad input, exit 2
+        raise ExportError(_write_error(final, exc)) from None
     finally:
         tmp.unlink(missing_ok=True)
 

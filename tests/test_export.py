@@ -257,6 +257,41 @@ def test_failed_parity_leaves_nothing(
     assert info.value.report["images"] == "2 image(s) given by the caller"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["writing the graph", "writing the sidecar"])
+def test_full_disk_is_a_clear_error_and_keeps_the_old_model(
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    when: str,
+) -> None:
+    import errno
+
+    import export.onnx_export as onnx_export
+    import export.pipeline as pipeline
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if when == "writing the graph":
+        monkeypatch.setattr(onnx_export, "trace_to_onnx", full)
+    else:
+        monkeypatch.setattr(pipeline, "write_sidecar", full)
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"previous good model")
+    assert main(["--checkpoint", str(tiny_checkpoint), "--output", str(output), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No space left on device" in err
+    if when == "writing the graph":
+        assert "the existing model.onnx was not replaced" in err
+        assert output.read_bytes() == b"previous good model"
+    else:  # published and verified; only the sidecar is missing, and the fix is named
+        assert "written and verified, but its sidecar" in err and "runtime.sidecar" in err
+        assert output.read_bytes() != b"previous good model"
+    assert not list(tmp_path.glob(".*tmp"))
+
+
 def _truncate_weights(ckpt: Path) -> None:
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])

@@ -119,10 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ours, targs, output_given = parse_args(argv)
 
+    from finetune.runs import ResumeError, new_run_dir, resolve_resume
+
+    # --resume_from_checkpoint is checked first: an incomplete checkpoint is one line, not a
+    # traceback after the dataset and the model were loaded.
+    run_dir = Path(targs.output_dir) if output_given else None
+    resume: Path | None = None
+    if targs.resume_from_checkpoint:
+        try:
+            run_dir, resume = resolve_resume(targs.resume_from_checkpoint, run_dir)
+        except ResumeError as exc:
+            return _fail(str(exc))
+
     # Heavy imports after argument parsing so --help is instant.
     from finetune.datasets import DatasetError, download_roboflow, load_dataset
     from finetune.model import CheckpointError, load_model_and_processor
-    from finetune.runs import new_run_dir
     from finetune.synthetic import default_dataset_dir, generate_dataset
 
     started = time.monotonic()
@@ -161,10 +172,34 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         return _fail(str(exc))
 
-    run_dir = Path(targs.output_dir) if output_given else new_run_dir(ours.runs_dir, ours.name)
+    if run_dir is None:
+        run_dir = new_run_dir(ours.runs_dir, ours.name)
     targs.output_dir = str(run_dir)
+    targs.resume_from_checkpoint = str(resume) if resume is not None else None
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is not None and targs.process_index == 0:
+        _prepare_resume(resume)
     return _train_and_report(ours, targs, splits, model, processor, run_dir, started)
+
+
+def _prepare_resume(checkpoint: Path) -> None:
+    """Drop incomplete checkpoints newer than the one resumed from (the resume rewrites them)."""
+    from finetune.runs import remove_incomplete_checkpoints
+
+    step = int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    remove_incomplete_checkpoints(checkpoint.parent, after_step=step)
+
+
+def _previous_summary(path: Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` (resume), or {} with a warning if it cannot be read."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        logger.warning("%s is unreadable (%s): its earlier evaluations are not kept", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _train_and_report(
@@ -194,10 +229,10 @@ def _train_and_report(
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "training_args": asdict(ours),
     }
-    previous = run_dir / "metrics.json"
-    if targs.resume_from_checkpoint and previous.is_file():
-        summary = {**json.loads(previous.read_text()), **summary}
-    trainer = build_trainer(model, processor, splits, targs, run_dir, summary)
+    resumed = bool(targs.resume_from_checkpoint)
+    if resumed:
+        summary = {**_previous_summary(run_dir / "metrics.json"), **summary}
+    trainer = build_trainer(model, processor, splits, targs, run_dir, summary, resumed=resumed)
     trainer.train(
         resume_from_checkpoint=targs.resume_from_checkpoint, ignore_keys_for_eval=IGNORE_KEYS
     )

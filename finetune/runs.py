@@ -1,27 +1,45 @@
-"""Run folders: naming, finding the newest one, and atomic writes inside them."""
+"""Run folders: naming, finding the newest one, atomic writes inside them, and resuming."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from runtime.files import atomic_write_json, publish_mode
 
 __all__ = [
     "BEST_DIR",
+    "BEST_SCORE_FILE",
+    "ResumeError",
     "RunNotFoundError",
     "atomic_write_dir",
     "atomic_write_json",
     "best_checkpoint",
+    "checkpoint_problems",
+    "checkpoints",
     "latest_run",
     "new_run_dir",
+    "recorded_best",
+    "remove_incomplete_checkpoints",
+    "resolve_resume",
 ]
 
+logger = logging.getLogger("finetune")
+
 BEST_DIR = "best"
+# Written inside best/ together with the weights (one atomic swap), so the score that a resume
+# must beat is always the score of the weights that are actually there.
+BEST_SCORE_FILE = "best_score.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -87,3 +105,174 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def recorded_best(run_dir: str | Path) -> dict[str, Any] | None:
+    """The score record of the run's best checkpoint (``{"map": ..., "step": ...}``), or None.
+
+    Read from ``best/best_score.json`` (written in the same swap as the weights); runs made
+    before that file existed fall back to ``metrics.json``'s ``best``. None when the run has
+    no best checkpoint, or no readable score for it.
+    """
+    run = Path(run_dir)
+    try:
+        best = best_checkpoint(run)
+    except RunNotFoundError:
+        return None
+    for path, key in ((best / BEST_SCORE_FILE, None), (run / "metrics.json", "best")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        record = data.get(key) if key and isinstance(data, dict) else data
+        if isinstance(record, dict) and isinstance(record.get("map"), (int, float)):
+            return record
+    return None
+
+
+class ResumeError(ValueError):
+    """``--resume_from_checkpoint`` names nothing that can be resumed; the message says why."""
+
+
+def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The Trainer's ``checkpoint-N`` folders of a run, by step (complete or not)."""
+    run = Path(run_dir)
+    found = []
+    for child in run.iterdir() if run.is_dir() else []:
+        match = CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def _safetensors_truncated(path: Path) -> bool:
+    """True when a safetensors file is shorter than its own header says (an interrupted write)."""
+    try:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        size = path.stat().st_size
+    except (OSError, ValueError, struct.error):
+        return True
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return size < 8 + length + max(ends, default=0)
+
+
+def checkpoint_problems(folder: str | Path) -> list[str]:
+    """What a Trainer checkpoint folder lacks to be resumed from (empty: complete).
+
+    The Trainer writes the weights first and ``trainer_state.json`` last, so a save that a
+    kill or a full disk interrupted lacks the state file, or has truncated weights.
+    """
+    folder = Path(folder)
+    problems = []
+    if not (folder / "config.json").is_file():
+        problems.append("config.json")
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        if _safetensors_truncated(weights):
+            problems.append("a complete model.safetensors (truncated)")
+    elif not any(
+        (folder / name).is_file() for name in ("model.safetensors.index.json", "pytorch_model.bin")
+    ):
+        problems.append("model.safetensors")
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        problems.append("trainer_state.json")
+    else:
+        try:
+            ok = "global_step" in json.loads(state.read_text())
+        except (OSError, ValueError, TypeError):
+            ok = False
+        if not ok:
+            problems.append("a complete trainer_state.json (truncated)")
+    return problems
+
+
+def _last_complete(run_dir: Path) -> Path | None:
+    complete = [path for _, path in checkpoints(run_dir) if not checkpoint_problems(path)]
+    return complete[-1] if complete else None
+
+
+def resolve_resume(value: str, output_dir: str | Path | None) -> tuple[Path, Path]:
+    """``(run folder, checkpoint folder)`` for ``--resume_from_checkpoint VALUE``.
+
+    ``VALUE`` is a ``checkpoint-N`` folder (used as given; its parent is the run folder unless
+    ``output_dir`` says otherwise), a run folder, or ``true`` (the run folder is
+    ``output_dir``). For a run folder or ``true`` the newest *complete* checkpoint is used and
+    any newer incomplete one is named in the log.
+
+    Raises:
+        ResumeError: the folder does not exist, is an incomplete checkpoint (the message
+            names what is missing and the complete checkpoint to use instead, if any), or the
+            run has no complete checkpoint.
+    """
+    out = Path(output_dir) if output_dir is not None else None
+    if value.strip().lower() == "true":
+        if out is None:
+            raise ResumeError(
+                "--resume_from_checkpoint true resumes the run in --output_dir: pass "
+                "--output_dir runs/<name>, or pass the run folder or its checkpoint-N folder "
+                "to --resume_from_checkpoint"
+            )
+        source = out
+    else:
+        source = Path(value)
+    if not source.is_dir():
+        raise ResumeError(f"cannot resume from {source}: no such folder")
+
+    is_checkpoint = CHECKPOINT_RE.match(source.name) or any(
+        (source / name).is_file() for name in ("config.json", "trainer_state.json")
+    )
+    if is_checkpoint:
+        run_dir = out if out is not None else source.parent
+        problems = checkpoint_problems(source)
+        if problems:
+            instead = _last_complete(source.parent)
+            hint = (
+                f"resume from {instead} instead (the last complete checkpoint)"
+                if instead is not None
+                else f"{source.parent} has no complete checkpoint: start a new run"
+            )
+            raise ResumeError(
+                f"checkpoint {source} is incomplete (missing {', '.join(problems)}: its save "
+                f"was interrupted); {hint}"
+            )
+        return run_dir, source
+
+    found = checkpoints(source)
+    if not found:
+        raise ResumeError(f"cannot resume from {source}: it has no checkpoint-N folder")
+    chosen = _last_complete(source)
+    if chosen is None:
+        raise ResumeError(
+            f"cannot resume from {source}: none of its checkpoints is complete "
+            f"({', '.join(p.name for _, p in found)}: saves interrupted); start a new run"
+        )
+    newest = found[-1][1]
+    if newest != chosen:
+        logger.warning(
+            "%s is incomplete (missing %s): resuming from %s, the last complete checkpoint",
+            newest,
+            ", ".join(checkpoint_problems(newest)),
+            chosen,
+        )
+    else:
+        logger.info("resuming from %s, the last checkpoint of %s", chosen, source)
+    return (out if out is not None else source), chosen
+
+
+def remove_incomplete_checkpoints(run_dir: str | Path, after_step: int) -> list[Path]:
+    """Delete incomplete ``checkpoint-N`` folders with ``N > after_step``; one log line each.
+
+    A resume from step ``after_step`` rewrites them anyway, and left in place they would rank
+    as the newest checkpoint in the Trainer's rotation (which would then delete the fresh
+    ones).
+    """
+    removed = []
+    for step, path in checkpoints(run_dir):
+        if step > after_step and (problems := checkpoint_problems(path)):
+            logger.info("removing incomplete %s (missing %s)", path, ", ".join(problems))
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,9 +19,19 @@ if TYPE_CHECKING:
     from finetune.datasets import DatasetSplits
 from finetune.metrics import Boxes, mean_average_precision
 from finetune.postprocess import RTDetrPostProcessor
-from finetune.runs import BEST_DIR, atomic_write_dir, atomic_write_json
+from finetune.runs import (
+    BEST_DIR,
+    BEST_SCORE_FILE,
+    RunNotFoundError,
+    atomic_write_dir,
+    atomic_write_json,
+    best_checkpoint,
+    recorded_best,
+)
 
 __all__ = ["IGNORE_KEYS", "DetectionTrainer", "MapEvaluator", "RunRecorder", "build_trainer"]
+
+logger = logging.getLogger("finetune")
 
 # Everything but logits and boxes is dropped from evaluation outputs (memory, and a fixed
 # (logits, pred_boxes) layout for compute_metrics).
@@ -64,18 +75,60 @@ class MapEvaluator:
 
 
 class RunRecorder(TrainerCallback):
-    """After every evaluation: append to ``metrics.json``; on a new best, write ``best/``.
+    """After every evaluation: record it in ``metrics.json``; on a new best, write ``best/``.
 
-    Both writes are atomic, so stopping the run at any moment keeps the previous best.
+    Both writes are atomic, so stopping the run at any moment keeps the previous best. On a
+    resume (``resumed=True``) the score of the ``best/`` already in the run folder is restored
+    first: ``best/`` is replaced only by a strictly higher mAP, and the evaluations recorded
+    after the resumed step are replaced by the new ones instead of being listed twice.
     """
 
-    def __init__(self, run_dir: Path, processor: Any, summary: dict[str, Any]) -> None:
+    def __init__(
+        self, run_dir: Path, processor: Any, summary: dict[str, Any], *, resumed: bool = False
+    ) -> None:
         self.run_dir = run_dir
         self.processor = processor
         self.summary = summary
         self.summary.setdefault("epochs", [])
+        self.resumed = resumed
         self.best_map = -1.0
         self.start = time.monotonic()
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any
+    ) -> None:
+        step = state.global_step
+        kept = [e for e in self.summary["epochs"] if e.get("step", 0) <= step]
+        if len(kept) < len(self.summary["epochs"]) and state.is_world_process_zero:
+            logger.info(
+                "metrics.json: %d evaluation(s) after step %d will be redone by this resume",
+                len(self.summary["epochs"]) - len(kept),
+                step,
+            )
+        self.summary["epochs"] = kept
+        if not self.resumed:
+            return
+        best = recorded_best(self.run_dir)
+        if best is None and state.best_metric is not None:
+            try:
+                best_checkpoint(self.run_dir)
+            except RunNotFoundError:
+                pass
+            else:  # a best/ without a recorded score: the Trainer's own record of it
+                best = {"map": float(state.best_metric), "step": state.best_global_step}
+        if best is None:
+            return
+        self.best_map = float(best["map"])
+        self.summary["best"] = best
+        if state.is_world_process_zero:
+            logger.info(
+                "resumed at step %d; best so far: mAP50:95 %.4f at step %s (%s is replaced only "
+                "by a higher score)",
+                step,
+                self.best_map,
+                best.get("step"),
+                self.run_dir / BEST_DIR,
+            )
 
     def _train_loss_since_last_eval(self, state: Any) -> float | None:
         losses = []
@@ -87,6 +140,8 @@ class RunRecorder(TrainerCallback):
         return float(np.mean(losses)) if losses else None
 
     def on_evaluate(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return  # one writer per run folder under torchrun/accelerate
         metrics = kwargs.get("metrics") or {}
         model = kwargs.get("model")
         record = {
@@ -103,20 +158,24 @@ class RunRecorder(TrainerCallback):
                 if k.startswith("eval_map") or k.startswith("eval_mar")
             }
         )
-        self.summary["epochs"].append(record)
+        self.summary["epochs"] = [
+            e for e in self.summary["epochs"] if e.get("step") != record["step"]
+        ] + [record]
         current = float(metrics.get("eval_map", -1.0))
         if model is not None and current > self.best_map:
             self.best_map = current
-            self.summary["best"] = {
+            best = {
                 "epoch": record["epoch"],
                 "step": state.global_step,
                 "map": current,
                 "map_50": metrics.get("eval_map_50"),
             }
+            self.summary["best"] = best
 
             def write(tmp: Path) -> None:
                 model.save_pretrained(tmp, safe_serialization=True)
                 self.processor.save_pretrained(tmp)
+                atomic_write_json(tmp / BEST_SCORE_FILE, best)
 
             atomic_write_dir(self.run_dir / BEST_DIR, write)
         atomic_write_json(self.run_dir / "metrics.json", self.summary)
@@ -144,6 +203,8 @@ def build_trainer(
     args: TrainingArguments,
     run_dir: Path,
     summary: dict[str, Any],
+    *,
+    resumed: bool = False,
 ) -> Trainer:
     """A Trainer for object detection as transformers' own example sets it up."""
     train_ds = DetectionTorchDataset(splits.train, processor, train_transform())
@@ -156,5 +217,5 @@ def build_trainer(
         eval_dataset=valid_ds,
         data_collator=collate_fn,
         compute_metrics=MapEvaluator(splits.classes, num_top),
-        callbacks=[RunRecorder(run_dir, processor, summary)],
+        callbacks=[RunRecorder(run_dir, processor, summary, resumed=resumed)],
     )

@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     for note in splits.notes:
         logger.info("  note: %s", note)
 
+    # Seeded before the model is built: the class head (and --checkpoint scratch) is
+    # initialised here, before the Trainer seeds anything itself.
+    from transformers import enable_full_determinism, set_seed
+
+    enable_full_determinism(targs.seed) if targs.full_determinism else set_seed(targs.seed)
     try:
         model, processor = load_model_and_processor(
             ours.checkpoint, splits.id2label, image_size=ours.image_size

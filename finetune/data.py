@@ -29,8 +29,13 @@ def _bbox_params() -> A.BboxParams:
     )
 
 
-def train_transform() -> A.Compose:
-    """Training augmentation: flips, scale/translate (no rotation, so boxes stay tight), colour."""
+def train_transform(seed: int | None = None) -> A.Compose:
+    """Training augmentation: flips, scale/translate (no rotation, so boxes stay tight), colour.
+
+    ``seed`` fixes the augmentation sequence (albumentations keeps its own random state, which
+    global seeds do not touch); DataLoader workers re-seed it per worker (see
+    ``DetectionTorchDataset``).
+    """
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -46,6 +51,7 @@ def train_transform() -> A.Compose:
             A.HueSaturationValue(p=0.3),
         ],
         bbox_params=_bbox_params(),
+        seed=seed,
     )
 
 
@@ -79,6 +85,10 @@ class DetectionTorchDataset(Dataset):
     computed on the pixels the deployed model sees; labels still come from the processor.
     Training items keep the processor's pixels (the difference is one uint8 step on ~1% of
     the pixels, irrelevant to learning).
+
+    In a DataLoader worker the transform is re-seeded from the worker's torch seed (which the
+    DataLoader derives from the seeded main process, and changes every epoch): otherwise
+    every worker, and every epoch, would repeat the same copy of the augmentation state.
     """
 
     def __init__(
@@ -94,11 +104,16 @@ class DetectionTorchDataset(Dataset):
         self.transform = transform
         self.evaluation = evaluation
         self.paths = list(dataset.image_paths)
+        self._worker_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and self._worker_seed != worker.seed:
+            self._worker_seed = worker.seed
+            self.transform.set_random_seed(worker.seed % 2**32)
         path = self.paths[idx]
         image = to_rgb_array(path)
         det = self.dataset.annotations[path]

@@ -207,7 +207,8 @@ def build_trainer(
     resumed: bool = False,
 ) -> Trainer:
     """A Trainer for object detection as transformers' own example sets it up."""
-    train_ds = DetectionTorchDataset(splits.train, processor, train_transform())
+    augment_seed = args.data_seed if args.data_seed is not None else args.seed
+    train_ds = DetectionTorchDataset(splits.train, processor, train_transform(augment_seed))
     valid_ds = DetectionTorchDataset(splits.valid, processor, valid_transform(), evaluation=True)
     num_top = int(getattr(model.config, "num_queries", 300))
     return DetectionTrainer(

@@ -6,6 +6,7 @@ Every ``TrainingArguments`` flag works (``--max_steps``, ``--learning_rate``, ..
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-__all__ = ["FinetuneArguments", "main", "training_defaults"]
+__all__ = ["FinetuneArguments", "given_flags", "main", "parse_args", "training_defaults"]
 
 logger = logging.getLogger("finetune")
 
@@ -98,15 +99,72 @@ def training_defaults(checkpoint: str) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: list[str] | None) -> tuple[FinetuneArguments, TrainingArguments, bool]:
-    """Parse both dataclasses; returns (ours, trainer's, whether --output_dir was given)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+# A step interval given without its strategy switches the strategy to "steps" (the defaults
+# here are per epoch, and the Trainer would silently ignore the interval).
+STEP_FLAGS = {"save_steps": "save_strategy", "eval_steps": "eval_strategy"}
+HELP_NOTES = {
+    "save_steps": "python -m finetune: giving --save_steps without --save_strategy switches "
+    "save_strategy from 'epoch' to 'steps' (said in the log); with --save_strategy epoch or "
+    "no it is ignored (also said).",
+    "eval_steps": "python -m finetune: giving --eval_steps without --eval_strategy switches "
+    "eval_strategy from 'epoch' to 'steps' (said in the log); best/ is then chosen at every "
+    "evaluation.",
+    "resume_from_checkpoint": "python -m finetune: a checkpoint-N folder (its parent is the "
+    "run folder unless --output_dir is given), a run folder, or 'true' (the run in "
+    "--output_dir); for a run folder or 'true' the newest complete checkpoint is used. An "
+    "incomplete checkpoint (interrupted save) is refused with exit 2 and the name of the "
+    "last complete one. best/ is replaced only by a higher mAP than the run's best so far.",
+}
+
+
+def _build_parser() -> HfArgumentParser:
     parser = HfArgumentParser((FinetuneArguments, TrainingArguments))
-    known, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**training_defaults(known.checkpoint))
+    for action in parser._actions:
+        if action.dest in HELP_NOTES:
+            action.help = f"{action.help or ''} {HELP_NOTES[action.dest]}".strip()
+    return parser
+
+
+def given_flags(argv: list[str]) -> dict[str, Any]:
+    """The options present on the command line (by destination), with their parsed values.
+
+    Parsed, not string-matched, so ``--opt=value`` and argparse's abbreviations count too.
+    """
+    parser = _build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    namespace, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    return vars(namespace)
+
+
+def parse_args(argv: list[str] | None) -> tuple[FinetuneArguments, TrainingArguments, bool]:
+    """Parse both dataclasses; returns (ours, trainer's, whether --output_dir was given).
+
+    ``--help`` shows the defaults of the checkpoint named on the command line.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = given_flags(argv)
+    defaults = training_defaults(given.get("checkpoint", FinetuneArguments.checkpoint))
+    for steps, strategy in STEP_FLAGS.items():
+        if steps not in given:
+            continue
+        if strategy not in given:
+            if defaults.get(strategy) != "steps":
+                logger.info(
+                    "--%s %g given without --%s: %s set to 'steps' (was '%s')",
+                    steps,
+                    given[steps],
+                    strategy,
+                    strategy,
+                    defaults.get(strategy),
+                )
+                defaults[strategy] = "steps"
+        elif getattr(given[strategy], "value", given[strategy]) != "steps":
+            logger.info("--%s is ignored with --%s %s", steps, strategy, given[strategy])
+    parser = _build_parser()
+    parser.set_defaults(**defaults)
     ours, targs = parser.parse_args_into_dataclasses(args=argv)
-    given = any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv)
-    return ours, targs, given
+    return ours, targs, "output_dir" in given
 
 
 def _fail(message: str) -> int:

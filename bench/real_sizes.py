@@ -169,10 +169,10 @@ def cached_int8(size: RealSize, fp32: Path) -> Path:
 
     from export.files import staging_path
     from export.onnx_export import read_metadata, write_metadata
-    from export.variants import to_int8
+    from export.variants import RECIPE, to_int8
     from finetune.model import small_processor
 
-    path = fp32.with_name(f"{fp32.stem}.int8.onnx")
+    path = fp32.with_name(f"{fp32.stem}.{RECIPE.replace(' ', '-')}.onnx")  # per recipe
     if path.is_file():
         return path
     tmp = staging_path(path)

@@ -1,0 +1,57 @@
+"""export's int8 recipe on the tiny model: which nodes stay float, and that the quantized graph
+still passes the checker and the contract (the speed and accuracy are measured in bench/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from runtime_fixtures import photo
+
+from export.variants import float_nodes, to_int8
+from export.verify import check_graph
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export import export_checkpoint
+
+    output = tmp_path_factory.mktemp("int8") / "model.onnx"
+    return Path(export_checkpoint(tiny_checkpoint, output, verify=False).path)
+
+
+def _weighted(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {n.name: n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")}
+
+
+@pytest.mark.model
+def test_float_nodes_of_the_int8_recipe(fp32):
+    model = onnx.load(str(fp32))
+    kept = set(float_nodes(model, num_decoder_layers=1, int8=True))
+    plain = set(float_nodes(model, num_decoder_layers=1))  # fp16 keeps fewer nodes float
+    weighted = _weighted(model)
+    scopes = ("decoder_input_proj", "/encoder_attn/value_proj/", "/decoder/layers.0/self_attn/")
+    must = [name for name in weighted if any(scope in name for scope in scopes)]
+    assert len(must) >= 3 + 1 + 4  # three memory convs, value_proj, q/k/v/o projections
+    assert set(must) <= kept and not set(must) & plain
+    assert all(n.name in kept for n in model.graph.node if n.name.startswith("/postprocessor/"))
+    for free in ("backbone", "/encoder/", "/mlp/fc1/", "sampling_offsets"):
+        assert any(free in name and name not in kept for name in weighted), free
+
+
+@pytest.mark.model
+def test_int8_graph_quantizes_the_rest_and_keeps_the_contract(fp32, tiny_checkpoint, tmp_path):
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(tiny_checkpoint)
+    target = tmp_path / "model.int8.onnx"
+    extra = to_int8(fp32, target, processor, [photo(64, 64, seed=i) for i in range(3)], 1)
+    assert "decoder memory path and self-attention" in extra["quantization"]
+    assert check_graph(target) == []  # onnx.checker (full) and the contract, K named
+    quantized = onnx.load(str(target))
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    kept = set(float_nodes(onnx.load(str(fp32)), 1, int8=True))
+    for name, node in _weighted(quantized).items():
+        weight_is_int8 = node.input[1] in dequantized
+        assert weight_is_int8 == (name not in kept), name

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ours, targs, output_given = parse_args(argv)
 
-    from finetune.runs import ResumeError, new_run_dir, resolve_resume
+    from finetune.runs import ResumeError, new_run_dir, remove_stale_temp, resolve_resume
 
     # --resume_from_checkpoint is checked first: an incomplete checkpoint is one line, not a
     # traceback after the dataset and the model were loaded.
@@ -240,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     targs.output_dir = str(run_dir)
     targs.resume_from_checkpoint = str(resume) if resume is not None else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is not None and targs.process_index == 0:
-        _prepare_resume(resume)
+    if targs.process_index == 0:
+        remove_stale_temp(run_dir)  # what writes of killed earlier processes left behind
+        if resume is not None:
+            _prepare_resume(resume)
     return _train_and_report(ours, targs, splits, model, processor, run_dir, started)
 
 

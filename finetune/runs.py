@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import logging
 import os
 import re
 import shutil
 import struct
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.files import atomic_write_json, publish_mode
+from runtime.files import publish_mode
 
 __all__ = [
     "BEST_DIR",
@@ -23,6 +27,7 @@ __all__ = [
     "RunNotFoundError",
     "atomic_write_dir",
     "atomic_write_json",
+    "atomic_write_text",
     "best_checkpoint",
     "checkpoint_problems",
     "checkpoints",
@@ -30,7 +35,9 @@ __all__ = [
     "new_run_dir",
     "recorded_best",
     "remove_incomplete_checkpoints",
+    "remove_stale_temp",
     "resolve_resume",
+    "temp_prefix",
 ]
 
 logger = logging.getLogger("finetune")
@@ -82,29 +89,159 @@ def latest_run(runs_dir: str | Path = "runs") -> Path:
     return max(runs)[1]
 
 
+def temp_prefix(name: str) -> str:
+    """``.<name>.<pid>.``: the hidden temporary names of this process's writes of ``name``.
+
+    The writer's PID in the name is what lets a later run tell the leftovers of a killed
+    process (PID no longer alive) from a write in progress (``remove_stale_temp``).
+    """
+    return f".{name}.{os.getpid()}."
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a hidden temporary file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        publish_mode(Path(tmp), 0o666)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where that is not available (other systems, old kernels or C libraries,
+    file systems without it): the caller then falls back to two renames.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Fill a temporary folder with ``write(tmp)`` then swap it in for ``path``.
 
-    The old folder is renamed to ``<path>.prev`` for the instant of the swap, so a crash at
-    any moment leaves a complete old or new folder (``best_checkpoint`` looks at both).
+    On Linux the two folders are exchanged in one step (``renameat2``), so ``path`` is never
+    absent, and a crash at any moment leaves the complete old or new folder there (plus a
+    hidden ``.<name>.<pid>.*`` folder that the next run removes). Elsewhere the old folder is
+    renamed to ``<path>.prev`` for the instant of the swap (``best_checkpoint`` looks at both).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), dir=path.parent))
     prev = path.with_name(f"{path.name}.prev")
     try:
         write(tmp)
         publish_mode(tmp, 0o777)
-        if path.exists():
-            if prev.exists():
-                shutil.rmtree(prev)
-            os.replace(path, prev)
-        os.replace(tmp, path)
+        if path.exists() and _exchange(tmp, path):
+            pass  # tmp now holds the old folder: removed below
+        else:
+            if path.exists():
+                if prev.exists():
+                    shutil.rmtree(prev)
+                os.replace(path, prev)
+            os.replace(tmp, path)
         shutil.rmtree(prev, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}$")
+# Written by versions before the PID was in the name: removed once they are an hour old.
+_LEGACY_TEMP_RE = re.compile(r"^\.(?:best|metrics\.json)\.[a-z0-9_]{8}$")
+LEGACY_TEMP_AGE_S = 3600.0
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else (EPERM)
+    return True
+
+
+def remove_stale_temp(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove what interrupted atomic writes of earlier processes left in ``folder``.
+
+    A ``.<name>.<pid>.<random>`` entry is removed only when no process ``pid`` is alive, so
+    a write in progress (this process or another) is never touched; a reused PID only keeps
+    a leftover longer. ``best.prev`` is removed when ``best/`` is complete beside it (a swap
+    interrupted after its new folder was in place). ``name`` restricts this to the temporary
+    files of that one name. One log line per removal; returns the removed paths.
+    """
+    folder = Path(folder)
+    removed = []
+    now = time.time()
+    for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = _TEMP_RE.match(child.name)
+        if match:
+            if (name is not None and match.group("name") != name) or _alive(
+                int(match.group("pid"))
+            ):
+                continue
+            why = f"process {match.group('pid')} is gone"
+        elif name is None and _LEGACY_TEMP_RE.match(child.name):
+            try:
+                age = now - child.lstat().st_mtime
+            except OSError:
+                continue
+            if age < LEGACY_TEMP_AGE_S:
+                continue
+            why = f"untouched for {age / 3600:.1f} h"
+        elif (
+            name is None
+            and child.name == f"{BEST_DIR}.prev"
+            and (folder / BEST_DIR / "config.json").is_file()
+        ):
+            why = f"{BEST_DIR}/ is complete"
+        else:
+            continue
+        logger.info("removing %s, left by an interrupted write (%s)", child, why)
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+        removed.append(child)
+    return removed
 
 
 def recorded_best(run_dir: str | Path) -> dict[str, Any] | None:

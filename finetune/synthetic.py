@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from finetune.runs import remove_stale_temp, temp_prefix
+
 __all__ = ["SPECS", "SyntheticSpec", "default_dataset_dir", "generate_dataset"]
 
 SPLITS = ("train", "valid", "test")
@@ -251,7 +253,8 @@ def generate_dataset(
     if out.exists() and not overwrite:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove_stale_temp(out.parent, out.name)  # a generation killed earlier
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), dir=out.parent))
     try:
         for k, (split, count) in enumerate(zip(SPLITS, spec.split_sizes, strict=True)):
             if count:

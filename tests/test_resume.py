@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -166,6 +167,11 @@ def test_resume_replaces_best_with_a_strictly_better_score(
     out = tmp_path / "exp"
     shutil.copytree(four_step_run, out)
     before = _digest(out / "best")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftovers = [out / f".best.{dead.pid}.abcd1234", out / f".metrics.json.{dead.pid}.abcd1234"]
+    shutil.copytree(out / "best", leftovers[0])
+    leftovers[1].write_text("{")
     scripted_map.append(0.5)  # step 4
     resume = ["--resume_from_checkpoint", str(out / "checkpoint-3")]
     assert main(_argv(mini_dataset, tiny_checkpoint, out, *resume)) == 0
@@ -173,6 +179,8 @@ def test_resume_replaces_best_with_a_strictly_better_score(
     assert recorded_best(out)["step"] == 4  # type: ignore[index]
     assert json.loads((out / "metrics.json").read_text())["best"]["map"] == 0.5
     assert _steps(out) == [1, 2, 3, 4]
+    assert not any(p.exists() for p in leftovers)  # removed when the resume started
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
 def _break(checkpoint: Path, *names: str) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +131,72 @@ def _reset_class_heads(model: PreTrainedModel) -> None:
         model.class_embed = inner.decoder.class_embed
 
 
+# Every classification layer of RT-DETR (v1 and v2): re-initialised for the dataset's classes.
+CLASS_HEAD_KEY = re.compile(r"(^|\.)(enc_score_head|class_embed|denoising_class_embed)(\.|$)")
+
+
+class _HoldLoadReport(logging.Filter):
+    """Holds back transformers' "LOAD REPORT" table instead of printing it.
+
+    transformers 5 logs it as one WARNING of ``transformers.modeling_utils`` whenever keys
+    are missing, unexpected or of another size; re-initialising the class head for new
+    classes always produces five MISMATCH rows. The same facts come back from
+    ``from_pretrained(..., output_loading_info=True)``; ``_report_load`` says them in a line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
+@contextmanager
+def _load_report_held() -> Iterator[_HoldLoadReport]:
+    """While loading: hold back the report table; shown as it was if loading fails."""
+    source = logging.getLogger("transformers.modeling_utils")
+    hold = _HoldLoadReport()
+    source.addFilter(hold)
+    try:
+        yield hold
+    except BaseException:
+        source.removeFilter(hold)
+        for record in hold.held:  # the details behind the error that follows
+            source.handle(record)
+        raise
+    source.removeFilter(hold)
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _report_load(checkpoint: str, info: dict[str, Any], *, heads_reset: bool) -> None:
+    """A warning per real loading problem: class-head keys do not count when the heads are
+    re-initialised for new classes anyway (``heads_reset``)."""
+    mismatched = [k for k, *_ in info.get("mismatched_keys", ())]
+    problems = {
+        "missing from the checkpoint (left at their initial values)": info.get("missing_keys"),
+        "in the checkpoint but not in the model (ignored)": info.get("unexpected_keys"),
+        "of another shape in the checkpoint (re-initialised)": mismatched,
+    }
+    for what, keys in problems.items():
+        other = [k for k in keys or () if not (heads_reset and CLASS_HEAD_KEY.search(k))]
+        if other:
+            logger.warning("%s: %d weight(s) %s: %s", checkpoint, len(other), what, _names(other))
+
+
+def _log_head_reset(id2label: dict[int, str]) -> None:
+    names = [id2label[k] for k in sorted(id2label)]
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    logger.info("class head re-initialised for %d classes: %s", len(names), shown)
+
+
 def _is_local(checkpoint: str) -> bool:
     """A folder path rather than a hub id (``org/name``: one slash, no leading ``.``/``/``)."""
     return (
@@ -202,20 +271,24 @@ def load_model_and_processor(
         )
     same_labels = {int(k): v for k, v in config.id2label.items()} == dict(id2label)
     try:
-        model = AutoModelForObjectDetection.from_pretrained(
-            checkpoint,
-            id2label=dict(id2label),
-            label2id=label2id,
-            ignore_mismatched_sizes=True,
-            trust_remote_code=False,
-            dtype=torch.float32,
-        )
+        with _load_report_held():
+            model, info = AutoModelForObjectDetection.from_pretrained(
+                checkpoint,
+                id2label=dict(id2label),
+                label2id=label2id,
+                ignore_mismatched_sizes=True,
+                trust_remote_code=False,
+                dtype=torch.float32,
+                output_loading_info=True,
+            )
         processor = AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{checkpoint}: cannot load weights ({first})") from None
+    _report_load(checkpoint, info, heads_reset=not same_labels)
     if not same_labels:
         _reset_class_heads(model)
+        _log_head_reset(id2label)
     if image_size is not None:
         processor.size = {"height": image_size, "width": image_size}
     return model, processor

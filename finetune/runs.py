@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.files import publish_mode
+from runtime.files import atomic_write_json, atomic_write_text, publish_mode, temp_prefix
 
 __all__ = [
     "BEST_DIR",
@@ -87,37 +87,6 @@ def latest_run(runs_dir: str | Path = "runs") -> Path:
             "`python -m finetune` or pass --checkpoint DIR"
         )
     return max(runs)[1]
-
-
-def temp_prefix(name: str) -> str:
-    """``.<name>.<pid>.``: the hidden temporary names of this process's writes of ``name``.
-
-    The writer's PID in the name is what lets a later run tell the leftovers of a killed
-    process (PID no longer alive) from a write in progress (``remove_stale_temp``).
-    """
-    return f".{name}.{os.getpid()}."
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a hidden temporary file, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        publish_mode(Path(tmp), 0o666)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

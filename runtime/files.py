@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_json", "atomic_write_text", "publish_mode"]
+__all__ = ["atomic_write_json", "atomic_write_text", "publish_mode", "temp_prefix"]
 
 
 def publish_mode(path: Path, mode: int) -> None:
@@ -23,11 +23,21 @@ def publish_mode(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~mask)
 
 
+def temp_prefix(name: str) -> str:
+    """``.<name>.<pid>.``: the hidden temporary names of this process's writes of ``name``.
+
+    The writer's PID in the name is what lets a later run tell the leftovers of a killed
+    process (PID no longer alive) from a write in progress
+    (``finetune.runs.remove_stale_temp``).
+    """
+    return f".{name}.{os.getpid()}."
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (creating the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from export.errors import ExportError
+from runtime.files import temp_prefix
 
 __all__ = ["failed_report_path", "prepare_output", "report_path", "staging_path", "variant_path"]
 
@@ -64,7 +65,8 @@ def staging_path(final: Path) -> Path:
     published model would then be unreadable to a server running as another user).
     """
     while True:
-        tmp = final.parent / f".{final.stem}.{secrets.token_hex(4)}.onnx.tmp"
+        # .<name>.<pid>.<8 hex>: finetune.runs.remove_stale_temp recognises a killed writer's
+        tmp = final.parent / f"{temp_prefix(final.name)}{secrets.token_hex(4)}"
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             return tmp

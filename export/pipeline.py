@@ -29,6 +29,7 @@ from export.files import (
     variant_path,
 )
 from export.samples import VerificationImages, caller_images, dataset_images
+from finetune.runs import remove_stale_temp
 from runtime.files import atomic_write_json
 from runtime.metadata import ModelMetadata
 from runtime.sidecar import sidecar_path, write_sidecar
@@ -274,6 +275,7 @@ def export_checkpoint(
         check_triton_options(triton_name, triton_max_batch)
     source = resolve_checkpoint(checkpoint)
     final = prepare_output(output)
+    remove_stale_temp(final.parent)  # what killed exports left (their PID is gone), logged
     loaded = load_checkpoint(source.checkpoint)
     metadata = build_metadata(loaded, opset=opset, num_top_queries=num_top_queries)
 

@@ -153,7 +153,7 @@ def test_variants_are_verified_or_reported_failed(exported: ExportResult) -> Non
     # slim keeps fp32 arithmetic. fp16 and int8 pass on a trained model (measured on the small
     # model); on this random one they are allowed to fail, but must then say so.
     assert {v.name: v for v in exported.variants}["slim"].passed
-    assert not list(exported.path.parent.glob(".*tmp"))
+    assert not list(exported.path.parent.glob(".model.*"))  # no staging file left
 
 
 @pytest.mark.slow
@@ -289,7 +289,20 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_model(
     else:  # published and verified; only the sidecar is missing, and the fix is named
         assert "written and verified, but its sidecar" in err and "runtime.sidecar" in err
         assert output.read_bytes() != b"previous good model"
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(".model.*"))  # no staging file left
+
+
+@pytest.mark.slow
+def test_export_removes_what_killed_exports_left(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import os
+
+    dead = tmp_path / ".model.onnx.999999999.0a1b2c3d"  # a staging file of a gone process
+    live = tmp_path / f".model.int8.onnx.{os.getpid()}.0a1b2c3d"  # a write in progress
+    for path in (dead, live):
+        path.write_bytes(b"half a model")
+    export_checkpoint(tiny_checkpoint, tmp_path / "model.onnx", verify=False)
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.glob(".model.*")) == [live.name]
 
 
 def _truncate_weights(ckpt: Path) -> None:

@@ -36,6 +36,24 @@ and publishes it only if it passes.
   + memory path + whole decoder float         -0.0042       -0.0043
   ==========================================  ============  ==============  =========
 
+  Where the int8 graph spends its time (``python -m bench.profile_ops FILE --runs 20``, ORT
+  1.32 kernel time by operator after its fusions, 2 threads, same machine, shares):
+
+  ===================================  =======  ======  ========  ======  ===================
+  graph                                int8     Q/DQ    layout    float   largest float ops
+  ===================================  =======  ======  ========  ======  ===================
+  default model, 192 px, fp32          —        —       18%       82%     Conv 46%, MatMul 10%
+  default model, 192 px, int8          27%      8%      24%       41%     Add 7%, GridSample 7%
+  R18 @ 640, fp32                      —        —       5%        95%     Conv 70%, MatMul 17%
+  R18 @ 640, int8                      36%      10%     8%        46%     MatMul 21%, Add 8%
+  ===================================  =======  ======  ========  ======  ===================
+
+  At 192 px the convolutions are under half of the fp32 time, and after int8 the layout ops
+  (Concat, Reshape, Transpose, Gather), elementwise ops, GridSample and unfused Q/DQ (8-10%)
+  dominate: int8 measured 1.33x ORT fp32 there, against 1.79x at R18 @ 640 and 1.70x at
+  R50 @ 640 (bench, interleaved). The float MatMuls left at 640 px are mostly the memory
+  path's ``value_proj`` (8,400 tokens per image) that OpenVINO needs in float.
+
   OpenVINO 2026.4 turns the quantized memory path (the three ``decoder_input_proj`` convs
   feeding the deformable attention's ``value_proj`` through a flatten and concat) into wrong
   detections (mAP 0.86 -> 0.50); keeping either side alone float is not enough. The decoder's

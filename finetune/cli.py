@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,14 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-__all__ = ["FinetuneArguments", "given_flags", "main", "parse_args", "training_defaults"]
+__all__ = [
+    "FinetuneArguments",
+    "distributed_defaults",
+    "given_flags",
+    "main",
+    "parse_args",
+    "training_defaults",
+]
 
 logger = logging.getLogger("finetune")
 
@@ -83,6 +91,9 @@ def training_defaults(checkpoint: str) -> dict[str, Any]:
     if checkpoint in ("embedded", "scratch"):
         return {
             **common,
+            # Every parameter of this architecture takes part in each training step (tested
+            # under torchrun): DDP can skip its search for unused ones (no effect without DDP).
+            "ddp_find_unused_parameters": False,
             "num_train_epochs": 4,
             "learning_rate": 5e-4,
             "warmup_steps": 100,
@@ -115,6 +126,47 @@ HELP_NOTES = {
     "incomplete checkpoint (interrupted save) is refused with exit 2 and the name of the "
     "last complete one. best/ is replaced only by a higher mAP than the run's best so far.",
 }
+
+
+def _world_size() -> int:
+    """Processes started by torchrun / ``accelerate launch`` (their ``WORLD_SIZE``), else 1."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
+def distributed_defaults(given: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments defaults for a run started by torchrun or ``accelerate launch``.
+
+    Without a GPU (or with ``--use_cpu``) the processes train with DDP on CPU over gloo:
+    ``use_cpu`` makes accelerate set up the CPU process group (without it the Trainer runs
+    every process as an independent single-process run), and gloo is named so that an MPI
+    build of PyTorch does not switch to MPI. A GPU machine keeps the defaults (NCCL). Flags
+    given on the command line win. Empty outside a launcher.
+    """
+    if _world_size() <= 1:
+        return {}
+    if not (given.get("use_cpu") or ("use_cpu" not in given and not _has_accelerator())):
+        return {}
+    defaults: dict[str, Any] = {"use_cpu": True}
+    if "ddp_backend" not in given:
+        defaults["ddp_backend"] = "gloo"
+    return defaults
 
 
 def _build_parser() -> HfArgumentParser:
@@ -161,6 +213,14 @@ def parse_args(argv: list[str] | None) -> tuple[FinetuneArguments, TrainingArgum
                 defaults[strategy] = "steps"
         elif getattr(given[strategy], "value", given[strategy]) != "steps":
             logger.info("--%s is ignored with --%s %s", steps, strategy, given[strategy])
+    launch = distributed_defaults(given)
+    if launch:
+        logger.info(
+            "%d processes (torchrun/accelerate) without a GPU: DDP on CPU, backend %s",
+            _world_size(),
+            given.get("ddp_backend", launch.get("ddp_backend")),
+        )
+    defaults.update(launch)
     parser = _build_parser()
     parser.set_defaults(**defaults)
     ours, targs = parser.parse_args_into_dataclasses(args=argv)
@@ -175,6 +235,14 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Under torchrun/accelerate only the main process tells the story; the others say
+    # warnings and errors only (as the Trainer does with its own log, --log_level_replica).
+    if _rank() != 0:
+        logger.setLevel(logging.WARNING)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # weight loading bars, once per process otherwise
+    # Parsing sets up the devices: under a launcher the process group is joined here.
     ours, targs, output_given = parse_args(argv)
 
     from finetune.runs import ResumeError, new_run_dir, remove_stale_temp, resolve_resume
@@ -190,29 +258,20 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc))
 
     # Heavy imports after argument parsing so --help is instant.
-    from finetune.datasets import DatasetError, download_roboflow, load_dataset
+    from finetune.datasets import DatasetError
     from finetune.model import CheckpointError, load_model_and_processor
-    from finetune.synthetic import default_dataset_dir, generate_dataset
 
     started = time.monotonic()
     try:
-        if ours.roboflow:
-            root = download_roboflow(
-                ours.roboflow, default_dataset_dir("roboflow-" + ours.roboflow.replace("/", "-"))
-            )
-        elif ours.dataset:
-            root = Path(ours.dataset)
-        else:
-            root = default_dataset_dir("shapes")
-            if not root.exists():
-                logger.info("generating the embedded 'shapes' dataset in %s", root)
-            root = generate_dataset(root, "shapes")
-        splits = load_dataset(root)
+        # The main process of each machine downloads or generates the dataset first; the
+        # others load what it wrote (a no-op in a single process).
+        with targs.main_process_first(desc="dataset"):
+            splits = _load_splits(ours)
     except (DatasetError, ValueError, OSError) as exc:
         return _fail(str(exc))
     logger.info(
         "dataset %s (%s): %d classes %s; train %d, valid %d, test %d images",
-        root,
+        splits.root,
         splits.layout,
         len(splits.classes),
         splits.classes,
@@ -236,15 +295,45 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
 
     if run_dir is None:
-        run_dir = new_run_dir(ours.runs_dir, ours.name)
+        run_dir = _shared(new_run_dir(ours.runs_dir, ours.name), targs)
     targs.output_dir = str(run_dir)
     targs.resume_from_checkpoint = str(resume) if resume is not None else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if targs.process_index == 0:
-        remove_stale_temp(run_dir)  # what writes of killed earlier processes left behind
-        if resume is not None:
-            _prepare_resume(resume)
+    # One writer: process 0 tidies the run folder while the others wait.
+    with targs.main_process_first(local=False, desc="run folder"):
+        if targs.process_index == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp(run_dir)  # what writes of killed earlier processes left behind
+            if resume is not None:
+                _prepare_resume(resume)
     return _train_and_report(ours, targs, splits, model, processor, run_dir, started)
+
+
+def _shared(run_dir: Path, targs: TrainingArguments) -> Path:
+    """Process 0's choice of a new run folder, for every process (its name has a timestamp)."""
+    if targs.world_size <= 1:
+        return run_dir
+    from accelerate.utils import broadcast_object_list
+
+    return Path(broadcast_object_list([str(run_dir)], from_process=0)[0])
+
+
+def _load_splits(ours: FinetuneArguments) -> Any:
+    """The dataset named by ``--roboflow``/``--dataset`` (downloaded, generated if needed)."""
+    from finetune.datasets import download_roboflow, load_dataset
+    from finetune.synthetic import default_dataset_dir, generate_dataset
+
+    if ours.roboflow:
+        root = download_roboflow(
+            ours.roboflow, default_dataset_dir("roboflow-" + ours.roboflow.replace("/", "-"))
+        )
+    elif ours.dataset:
+        root = Path(ours.dataset)
+    else:
+        root = default_dataset_dir("shapes")
+        if not root.exists():
+            logger.info("generating the embedded 'shapes' dataset in %s", root)
+        root = generate_dataset(root, "shapes")
+    return load_dataset(root)
 
 
 def _prepare_resume(checkpoint: Path) -> None:
@@ -293,6 +382,7 @@ def _train_and_report(
         "image_size": dict(processor.size),
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "training_args": asdict(ours),
+        "processes": targs.world_size,
     }
     resumed = bool(targs.resume_from_checkpoint)
     if resumed:
@@ -301,6 +391,8 @@ def _train_and_report(
     trainer.train(
         resume_from_checkpoint=targs.resume_from_checkpoint, ignore_keys_for_eval=IGNORE_KEYS
     )
+    if not trainer.is_world_process_zero():
+        return 0  # the main process scores the test split and writes the report, once
 
     best = best_checkpoint(run_dir)
     model = AutoModelForObjectDetection.from_pretrained(best).eval()

@@ -89,6 +89,8 @@ class DetectionTorchDataset(Dataset):
     In a DataLoader worker the transform is re-seeded from the worker's torch seed (which the
     DataLoader derives from the seeded main process, and changes every epoch): otherwise
     every worker, and every epoch, would repeat the same copy of the augmentation state.
+    PyTorch gives every process of a distributed run the same worker seeds, so ``rank`` (the
+    process index under torchrun/accelerate) is mixed in for processes other than 0.
     """
 
     def __init__(
@@ -98,11 +100,13 @@ class DetectionTorchDataset(Dataset):
         transform: A.Compose,
         *,
         evaluation: bool = False,
+        rank: int = 0,
     ) -> None:
         self.dataset = dataset
         self.processor = processor
         self.transform = transform
         self.evaluation = evaluation
+        self.rank = rank
         self.paths = list(dataset.image_paths)
         self._worker_seed: int | None = None
 
@@ -113,7 +117,10 @@ class DetectionTorchDataset(Dataset):
         worker = torch.utils.data.get_worker_info()
         if worker is not None and self._worker_seed != worker.seed:
             self._worker_seed = worker.seed
-            self.transform.set_random_seed(worker.seed % 2**32)
+            seed = worker.seed % 2**32
+            if self.rank:
+                seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
+            self.transform.set_random_seed(seed)
         path = self.paths[idx]
         image = to_rgb_array(path)
         det = self.dataset.annotations[path]

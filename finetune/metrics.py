@@ -53,8 +53,14 @@ def mean_average_precision(
         raise ValueError(
             f"got {len(predictions)} prediction entries for {len(targets)} target images"
         )
+    # sync_on_compute=False: the inputs are the whole set to score. Under torchrun the
+    # default would all-gather them across processes (counting every image world-size times,
+    # and hanging when only the main process scores the test split).
     metric = MeanAveragePrecision(
-        box_format="xyxy", iou_type="bbox", class_metrics=class_names is not None
+        box_format="xyxy",
+        iou_type="bbox",
+        class_metrics=class_names is not None,
+        sync_on_compute=False,
     )
     metric.update([_as_dict(p, True) for p in predictions], [_as_dict(t, False) for t in targets])
     raw = metric.compute()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,14 @@ from finetune.runs import (
     recorded_best,
 )
 
-__all__ = ["IGNORE_KEYS", "DetectionTrainer", "MapEvaluator", "RunRecorder", "build_trainer"]
+__all__ = [
+    "IGNORE_KEYS",
+    "DetectionTrainer",
+    "MapEvaluator",
+    "RunRecorder",
+    "build_trainer",
+    "pack_targets",
+]
 
 logger = logging.getLogger("finetune")
 
@@ -42,11 +50,45 @@ IGNORE_KEYS = [
 ]
 
 
-class MapEvaluator:
-    """``compute_metrics`` for the Trainer, with ``eval_do_concat_batches=False``.
+# The Trainer pads tensors gathered across processes with this value (``padding_index``).
+PAD = -100
 
-    Predictions arrive per batch as ``(logits, pred_boxes)``; they go through the deploy
-    post-processor and the project's one mAP function in pixels of the evaluated image.
+
+def pack_targets(labels: list[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of RT-DETR targets (a dict per image) as two tensors indexed by image.
+
+    ``(boxes [B, N, 5], meta [B, 3])``: each box row is ``(class id, cx, cy, w, h)``
+    (normalised), rows with a negative class are padding; ``meta`` is ``(image id, height,
+    width)`` of the evaluated image (id -1 when the processor gave none).
+
+    Why: under torchrun/accelerate the Trainer pads, gathers and de-duplicates evaluation
+    labels tensor by tensor along dim 0. A list of per-image dicts is gathered element-wise
+    (the i-th images of every process merged, variable box counts failing to gather) and the
+    padding duplicates of the last batch are never dropped. Tensors indexed by image go
+    through ``pad_across_processes``/``gather_for_metrics`` exactly like the logits do.
+    """
+    device = labels[0]["class_labels"].device if labels else None
+    n = max((int(t["class_labels"].numel()) for t in labels), default=0)
+    boxes = torch.full((len(labels), n, 5), float(PAD), dtype=torch.float32, device=device)
+    meta = torch.full((len(labels), 3), -1, dtype=torch.int64, device=device)
+    for i, target in enumerate(labels):
+        k = int(target["class_labels"].numel())
+        boxes[i, :k, 0] = target["class_labels"].reshape(-1).float()
+        boxes[i, :k, 1:] = target["boxes"].reshape(-1, 4).float()
+        if target.get("image_id") is not None:
+            meta[i, 0] = target["image_id"].reshape(-1)[0]
+        meta[i, 1:] = target["orig_size"].reshape(2)
+    return boxes, meta
+
+
+class MapEvaluator:
+    """``compute_metrics`` for the Trainer (``eval_do_concat_batches`` False or True).
+
+    Predictions arrive per batch as ``(logits, pred_boxes)`` and targets as
+    :func:`pack_targets` made them (gathered from every process by the Trainer); they go
+    through the deploy post-processor and the project's one mAP function in pixels of the
+    evaluated image. Returns the mAP keys plus ``images``, the number of images scored: each
+    image once (an image id seen twice would be a gathering fault: warned about, scored once).
     """
 
     def __init__(self, class_names: list[str], num_top_queries: int) -> None:
@@ -54,24 +96,41 @@ class MapEvaluator:
         self.postprocess = RTDetrPostProcessor(num_top_queries)
 
     def __call__(self, eval_pred: Any) -> dict[str, float]:
+        batches_preds, batches_labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(batches_preds, tuple):  # eval_do_concat_batches=True: one batch
+            batches_preds, batches_labels = [batches_preds], [batches_labels]
         predictions: list[Boxes] = []
         targets: list[Boxes] = []
-        for batch_preds, batch_labels in zip(
-            eval_pred.predictions, eval_pred.label_ids, strict=True
-        ):
+        seen: set[int] = set()
+        repeated = 0
+        for batch_preds, batch_labels in zip(batches_preds, batches_labels, strict=True):
             logits, pred_boxes = (torch.as_tensor(np.asarray(x)) for x in batch_preds[:2])
-            sizes_hw = [np.asarray(t["orig_size"]).reshape(2) for t in batch_labels]
-            sizes_wh = torch.tensor(np.array([[w, h] for h, w in sizes_hw]))
+            rows_all = np.asarray(batch_labels[0], dtype=np.float64)
+            meta = np.asarray(batch_labels[1], dtype=np.int64).reshape(-1, 3)
+            sizes_wh = torch.from_numpy(np.ascontiguousarray(meta[:, [2, 1]]))
             labels, boxes, scores = self.postprocess(logits, pred_boxes, sizes_wh)
-            for i, target in enumerate(batch_labels):
+            for i, (image_id, h, w) in enumerate(meta.tolist()):
+                if image_id >= 0:
+                    if image_id in seen:
+                        repeated += 1
+                        continue
+                    seen.add(image_id)
                 predictions.append(Boxes(boxes[i].numpy(), labels[i].numpy(), scores[i].numpy()))
-                h, w = sizes_hw[i]
-                cxcywh = np.asarray(target["boxes"], dtype=np.float64).reshape(-1, 4)
+                rows = rows_all[i].reshape(-1, 5)
+                rows = rows[rows[:, 0] >= 0]
+                cxcywh = rows[:, 1:]
                 xyxy = np.concatenate(
                     [cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], axis=1
                 )
-                targets.append(Boxes(xyxy * [w, h, w, h], np.asarray(target["class_labels"])))
-        return mean_average_precision(predictions, targets, self.class_names)
+                targets.append(Boxes(xyxy * [w, h, w, h], rows[:, 0].astype(np.int64)))
+        if repeated:
+            logger.warning(
+                "evaluation: %d prediction(s) for images already scored were dropped (each "
+                "image is scored once)",
+                repeated,
+            )
+        metrics = mean_average_precision(predictions, targets, self.class_names)
+        return {**metrics, "images": len(predictions)}
 
 
 class RunRecorder(TrainerCallback):
@@ -158,6 +217,8 @@ class RunRecorder(TrainerCallback):
                 if k.startswith("eval_map") or k.startswith("eval_mar")
             }
         )
+        if "eval_images" in metrics:  # images scored, each once (all processes together)
+            record["images"] = metrics["eval_images"]
         self.summary["epochs"] = [
             e for e in self.summary["epochs"] if e.get("step") != record["step"]
         ] + [record]
@@ -195,6 +256,35 @@ class DetectionTrainer(Trainer):
         loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict(), strict=True)
 
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Evaluate with process 0's batch-norm statistics on every process (DDP).
+
+        Training updates batch-norm running statistics on each process from its own shard,
+        and DDP copies process 0's to the others only at the start of the next training
+        forward; the Trainer evaluates the unwrapped model, so without this every process
+        would score its shard of the valid split with a slightly different model than the
+        one process 0 saves to ``best/``. This is that same copy, made before evaluating.
+        """
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+        return super().evaluate(*args, **kwargs)
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[Any, Any, Any]:
+        """The Trainer's step, with the per-image target dicts packed by :func:`pack_targets`."""
+        loss, logits, labels = super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys
+        )
+        if isinstance(labels, list) and all(isinstance(t, Mapping) for t in labels):
+            labels = pack_targets(labels)
+        return loss, logits, labels
+
 
 def build_trainer(
     model: torch.nn.Module,
@@ -207,8 +297,13 @@ def build_trainer(
     resumed: bool = False,
 ) -> Trainer:
     """A Trainer for object detection as transformers' own example sets it up."""
+    # Offset by the process index under torchrun/accelerate: every process augments its own
+    # shard with its own random sequence (process 0, and a single process, are unchanged).
     augment_seed = args.data_seed if args.data_seed is not None else args.seed
-    train_ds = DetectionTorchDataset(splits.train, processor, train_transform(augment_seed))
+    augment_seed += args.process_index
+    train_ds = DetectionTorchDataset(
+        splits.train, processor, train_transform(augment_seed), rank=args.process_index
+    )
     valid_ds = DetectionTorchDataset(splits.valid, processor, valid_transform(), evaluation=True)
     num_top = int(getattr(model.config, "num_queries", 300))
     return DetectionTrainer(

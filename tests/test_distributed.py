@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,20 +91,20 @@ def _launch(launcher: list[str], args: list[str], cwd: Path) -> subprocess.Compl
     )
 
 
-def _check_run(proc: subprocess.CompletedProcess, out: Path) -> dict:
+def _check_run(proc: subprocess.CompletedProcess, out: Path, steps: list[int]) -> dict:
     """What every 2-process run must show; returns its metrics.json."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2
     # DDP engaged: 8 train images, 2 per process per step -> one epoch in 2 steps (4 alone).
-    assert metrics["epochs"][-1]["step"] == 2
-    assert metrics["epochs"][-1]["epoch"] == 1.0
+    assert [e["step"] for e in metrics["epochs"]] == steps
+    assert [e["epoch"] for e in metrics["epochs"]] == [step / 2 for step in steps]
     # Every evaluation scored the whole valid split, each image once.
     for record in metrics["epochs"]:
         assert record["images"] == SPEC.split_sizes[1], record
     assert "already scored" not in proc.stderr
-    # Only process 0 wrote: no temporary files left beside the results.
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # Only process 0 wrote: one best/, no temporary files left beside the results.
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("best", "."))) == ["best"]
     # Only process 0 printed the summary and told the story.
     lines = proc.stdout.splitlines()
     summary = [line for line in lines if line.startswith(("test mAP", "best checkpoint", "next:"))]
@@ -115,48 +116,65 @@ def _check_run(proc: subprocess.CompletedProcess, out: Path) -> dict:
         line for line in proc.stderr.splitlines() if line.startswith("dataset ") and "valid" in line
     ]
     assert len(dataset_lines) == 1, proc.stderr[-3000:]
+    assert "DDP on CPU, backend gloo" in proc.stderr
+    assert 0.0 <= metrics["test"]["map"] <= 1.0
     return metrics
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(
+    mini_dataset: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """2 steps (one epoch: checkpoint-2), evaluated at each step, with torchrun."""
+    cwd = tmp_path_factory.mktemp("torchrun")
+    out = cwd / "run"
+    proc = _launch(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        _finetune_args(mini_dataset, tiny_checkpoint, out, "--eval_steps", "1"),
+        cwd,
+    )
+    return proc, out
 
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(
-    mini_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
+    torchrun_run: tuple[subprocess.CompletedProcess, Path], mini_dataset: Path
 ) -> None:
     from transformers import AutoImageProcessor, RTDetrForObjectDetection
 
     from finetune.datasets import load_dataset
     from finetune.evaluate import evaluate_dataset
 
-    out = tmp_path / "run"
-    proc = _launch(
-        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-        _finetune_args(mini_dataset, tiny_checkpoint, out, "--eval_steps", "1"),
-        tmp_path,
-    )
-    metrics = _check_run(proc, out)
-    assert [e["step"] for e in metrics["epochs"]] == [1, 2]
-    assert "DDP on CPU, backend gloo" in proc.stderr
-    assert 0.0 <= metrics["test"]["map"] <= 1.0
+    proc, out = torchrun_run
+    metrics = _check_run(proc, out, steps=[1, 2])
 
-    # One loadable best/, and the mAP the two processes recorded for it is the mAP of those
-    # weights on the whole valid split scored here, in one process.
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("best")) == ["best"]
+    # best/ loads, and the mAP the two processes recorded for it is the mAP of those weights
+    # on the whole valid split, scored here in one process.
     model = RTDetrForObjectDetection.from_pretrained(out / "best").eval()
     processor = AutoImageProcessor.from_pretrained(out / "best")
-    splits = load_dataset(mini_dataset)
     torch.set_num_threads(1)
-    alone, _, _ = evaluate_dataset(model, processor, splits.valid, progress=False)
+    alone, _, _ = evaluate_dataset(
+        model, processor, load_dataset(mini_dataset).valid, progress=False
+    )
     assert metrics["best"]["map"] == pytest.approx(alone["map"], abs=1e-6)
     assert metrics["best"]["map_50"] == pytest.approx(alone["map_50"], abs=1e-6)
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(
-    mini_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
+def test_accelerate_launch_resumes_two_cpu_processes(
+    torchrun_run: tuple[subprocess.CompletedProcess, Path],
+    mini_dataset: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
 ) -> None:
-    """``accelerate launch`` on a machine without GPU: ``--multi_gpu`` is its multi-process
-    launcher (without it, or a config file, it starts one process)."""
+    """``accelerate launch`` resumes the torchrun run for one more step. On a machine without
+    GPU ``--multi_gpu`` is accelerate's multi-process launcher (without it, or a config
+    file, it starts one process)."""
+    proc, first = torchrun_run
+    assert proc.returncode == 0
     out = tmp_path / "run"
+    shutil.copytree(first, out)
+    before = json.loads((out / "best" / "best_score.json").read_text())
     proc = _launch(
         [
             "-m",
@@ -173,10 +191,24 @@ def test_accelerate_launch_two_cpu_processes(
             "--main_process_port",
             "0",
         ],
-        _finetune_args(mini_dataset, tiny_checkpoint, out),
+        _finetune_args(
+            mini_dataset,
+            tiny_checkpoint,
+            out,
+            "--max_steps",
+            "3",
+            "--eval_steps",
+            "1",
+            "--resume_from_checkpoint",
+            str(out),
+        ),
         tmp_path,
     )
-    _check_run(proc, out)
+    metrics = _check_run(proc, out, steps=[1, 2, 3])
+    assert proc.stderr.count("resumed at step 2;") == 1
+    after = json.loads((out / "best" / "best_score.json").read_text())
+    third = metrics["epochs"][-1]["map"]
+    assert after == (before if third <= before["map"] else metrics["best"])
 
 
 # ---- the pieces, in one process ---------------------------------------------------------

@@ -234,6 +234,15 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    code = _main(argv)
+    # Under torchrun/accelerate each process leaves its process group once it is done (the
+    # others may still be scoring the test split); PyTorch warns at exit otherwise.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Under torchrun/accelerate only the main process tells the story; the others say
     # warnings and errors only (as the Trainer does with its own log, --log_level_replica).

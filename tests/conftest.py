@@ -19,6 +19,16 @@ def roboflow_coco(tmp_path: Path) -> Path:
     return write_roboflow_coco(tmp_path / "pets")
 
 
+@pytest.fixture(scope="module")
+def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated 2-class dataset of the tiny training runs (``run_factory.MINI_SPEC``)."""
+    from run_factory import MINI_SPEC
+
+    from finetune.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("data") / "mini", MINI_SPEC)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init tiny RT-DETR checkpoint folder (config.json, safetensors, processor)."""

@@ -14,25 +14,20 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from run_factory import MINI_SPEC, tiny_run_argv
 
-from finetune.synthetic import SyntheticSpec, generate_dataset
+from finetune.synthetic import generate_dataset
 
 # 5 valid images: not a multiple of 2 processes x 2 images per evaluation batch, so the last
 # batch of process 1 is padded with images process 0 already scored.
-SPEC = SyntheticSpec(
-    name="mini",
-    classes=("circle", "square"),
-    image_size=(96, 80),
-    split_sizes=(8, 5, 3),
-    max_objects=2,
-    seed=3,
-)
+SPEC = replace(MINI_SPEC, split_sizes=(8, 5, 3))
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,29 +50,10 @@ def _env() -> dict[str, str]:
 
 
 def _finetune_args(dataset: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "-m",
-        "finetune",
-        "--dataset",
-        str(dataset),
-        "--checkpoint",
-        str(checkpoint),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "2",
-        "--per_device_eval_batch_size",
-        "2",
-        "--learning_rate",
-        "1e-3",
-        "--warmup_steps",
-        "0",
-        "--logging_steps",
-        "1",
-        *extra,
-    ]
+    schedule = ["--learning_rate", "1e-3", "--warmup_steps", "0"]
+    argv = tiny_run_argv(dataset, checkpoint, out, max_steps=2, eval_batch=2,
+                         extra=[*schedule, *extra])  # fmt: skip
+    return ["-m", "finetune", *argv]
 
 
 def _launch(launcher: list[str], args: list[str], cwd: Path) -> subprocess.CompletedProcess:

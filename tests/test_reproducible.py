@@ -7,53 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_factory import tiny_run_argv
 
 from finetune.cli import main
-from finetune.synthetic import SyntheticSpec, generate_dataset
-
-SPEC = SyntheticSpec(
-    name="mini",
-    classes=("circle", "square"),
-    image_size=(96, 80),
-    split_sizes=(8, 4, 4),
-    max_objects=2,
-    seed=3,
-)
-
-
-@pytest.fixture(scope="module")
-def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("data") / "mini", SPEC)
 
 
 def _run(dataset: Path, checkpoint: Path, out: Path, seed: int) -> list[dict]:
     """Three steps, evaluated at each; the per-evaluation losses and mAPs."""
-    code = main(
-        [
-            "--dataset",
-            str(dataset),
-            "--checkpoint",
-            str(checkpoint),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "3",
-            "--per_device_train_batch_size",
-            "2",
-            "--per_device_eval_batch_size",
-            "4",
-            "--logging_steps",
-            "1",
-            "--eval_strategy",
-            "steps",
-            "--eval_steps",
-            "1",
-            "--save_strategy",
-            "no",
-            "--seed",
-            str(seed),
-        ]
-    )
+    extra = ["--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "no",
+             "--seed", str(seed)]  # fmt: skip
+    code = main(tiny_run_argv(dataset, checkpoint, out, max_steps=3, extra=extra))
     assert code == 0
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in epochs]

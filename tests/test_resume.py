@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_factory import tiny_run_argv
 
 from finetune.cli import main
 from finetune.runs import (
@@ -20,48 +21,15 @@ from finetune.runs import (
     recorded_best,
     resolve_resume,
 )
-from finetune.synthetic import SyntheticSpec, generate_dataset
 
-SPEC = SyntheticSpec(
-    name="mini",
-    classes=("circle", "square"),
-    image_size=(96, 80),
-    split_sizes=(8, 4, 4),
-    max_objects=2,
-    seed=3,
-)
 # The first run's evaluations at steps 1..4: the best is step 2.
 FIRST_RUN = (0.1, 0.4, 0.2, 0.3)
 
 
 def _argv(dataset: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--dataset",
-        str(dataset),
-        "--checkpoint",
-        str(checkpoint),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "4",
-        "--per_device_train_batch_size",
-        "2",
-        "--per_device_eval_batch_size",
-        "4",
-        "--logging_steps",
-        "1",
-        "--eval_strategy",
-        "steps",
-        "--eval_steps",
-        "1",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        "1",
-        "--save_total_limit",
-        "10",
-        *extra,
-    ]
+    every_step = ["--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps",
+                  "--save_steps", "1", "--save_total_limit", "10"]  # fmt: skip
+    return tiny_run_argv(dataset, checkpoint, out, max_steps=4, extra=[*every_step, *extra])
 
 
 @pytest.fixture
@@ -84,11 +52,6 @@ def _script(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     monkeypatch.setattr(MapEvaluator, "__call__", call)
     yield values
     assert not values, f"evaluations expected but not run: {values}"
-
-
-@pytest.fixture(scope="module")
-def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("data") / "mini", SPEC)
 
 
 @pytest.fixture(scope="module")

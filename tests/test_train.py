@@ -8,48 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_factory import tiny_run_argv
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
 from finetune.cli import main
-from finetune.synthetic import SyntheticSpec, generate_dataset
 
 pytestmark = pytest.mark.slow
 
-SPEC = SyntheticSpec(
-    name="mini",
-    classes=("circle", "square"),
-    image_size=(96, 80),
-    split_sizes=(8, 4, 4),
-    max_objects=2,
-    seed=3,
-)
-
-
-@pytest.fixture(scope="module")
-def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("data") / "mini", SPEC)
-
 
 def _train(dataset: Path, checkpoint: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "--dataset",
-            str(dataset),
-            "--checkpoint",
-            str(checkpoint),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "2",
-            "--per_device_eval_batch_size",
-            "4",
-            "--logging_steps",
-            "1",
-            *extra,
-        ]
-    )
+    return main(tiny_run_argv(dataset, checkpoint, out, max_steps=2, extra=extra))
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from finetune.runs import atomic_write_json
+from runtime.files import atomic_write_file
 
 __all__ = [
     "Accuracy",
@@ -390,7 +391,7 @@ def plot(results: Results, path: Path) -> Path:
         f"{results.environment.get('device', '')}, {results.environment.get('threads', '')} threads"
     )
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write_file(path, fig.savefig)
     return path
 
 

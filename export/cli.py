@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from export.contract import DEFAULT_OPSET, SUPPORTED_OPSETS, check_opset
-from export.errors import ExportError, VerificationError
+from export.errors import CannotWriteError, ExportError, VerificationError
+from runtime.files import EXIT_CANNOT_WRITE
 
 __all__ = ["build_parser", "main"]
 
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             calibration_images=args.calibration_images,
             threads=args.threads,
         )
+    except CannotWriteError as exc:
+        return _fail(str(exc), code=EXIT_CANNOT_WRITE)
     except ExportError as exc:
         return _fail(str(exc))
     except VerificationError as exc:

@@ -12,7 +12,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from export.errors import ExportError
+from export.errors import ExportError, write_failure
 from runtime.files import temp_prefix
 
 __all__ = ["failed_report_path", "prepare_output", "report_path", "staging_path", "variant_path"]
@@ -47,13 +47,16 @@ def prepare_output(output: str | Path) -> Path:
         raise ExportError(f"output {path} must end in .onnx (or be an existing folder)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        fd, probe = tempfile.mkstemp(
+            prefix=temp_prefix(path.name), suffix=".probe", dir=path.parent
+        )
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ExportError(
+        raise write_failure(
             f"cannot write the model to {path}: {exc.strerror or exc}. "
-            "Choose a writable location with --output PATH."
+            "Choose a writable location with --output PATH.",
+            exc,
         ) from None
     return path
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from export.checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoint
 from export.contract import check_opset
-from export.errors import ExportError, VerificationError
+from export.errors import ExportError, VerificationError, write_failure
 from export.files import (
     failed_report_path,
     prepare_output,
@@ -119,9 +119,10 @@ def _publish(tmp: Path, final: Path, report: dict[str, Any], metadata: ModelMeta
         write_sidecar(final, metadata, verified=_verified(report, final))
         atomic_write_json(report_path(final), report)
     except OSError as exc:
-        raise ExportError(
+        raise write_failure(
             f"{final}: written and verified, but its sidecar or report could not be written "
-            f"({exc.strerror or exc}); free space, then `python -m runtime.sidecar {final}`"
+            f"({exc.strerror or exc}); free space, then `python -m runtime.sidecar {final}`",
+            exc,
         ) from None
     failed_report_path(final).unlink(missing_ok=True)
 
@@ -321,8 +322,8 @@ def export_checkpoint(
                 where,
             )
         _publish(tmp, final, report, metadata)
-    except OSError as exc:  # a full disk, a quota, a folder removed under us: bad input, exit 2
-        raise ExportError(_write_error(final, exc)) from None
+    except OSError as exc:  # a full disk, a quota (exit 3), a folder removed under us (exit 2)
+        raise write_failure(_write_error(final, exc), exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 

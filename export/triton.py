@@ -19,8 +19,9 @@ import shutil
 from pathlib import Path
 
 from export.contract import INPUTS, OUTPUTS, TensorSpec
-from export.errors import ExportError
+from export.errors import ExportError, write_failure
 from export.files import staging_path
+from runtime.files import atomic_write_text
 from runtime.metadata import ModelMetadata
 from runtime.sidecar import sidecar_path, write_sidecar
 
@@ -88,9 +89,13 @@ def write_triton_repository(
         ExportError: The name is not a valid folder name, or the repository is not writable.
     """
     check_triton_options(name, max_batch_size)
+    from finetune.runs import remove_stale_temp
+
     folder = Path(repository) / name
     try:
         (folder / "1").mkdir(parents=True, exist_ok=True)
+        for place in (folder, folder / "1"):  # what a killed export left (its PID is gone)
+            remove_stale_temp(place)
         final = folder / "1" / "model.onnx"
         tmp = staging_path(final)
         try:
@@ -101,10 +106,7 @@ def write_triton_repository(
         source = sidecar_path(model)  # the sidecar travels with the model, "verified" kept
         verified = json.loads(source.read_text()).get("verified") if source.is_file() else None
         write_sidecar(final, metadata, verified=verified)
-        config = folder / "config.pbtxt"
-        tmp = config.with_name(".config.pbtxt.tmp")
-        tmp.write_text(triton_config(name, metadata, max_batch_size))
-        os.replace(tmp, config)
+        atomic_write_text(folder / "config.pbtxt", triton_config(name, metadata, max_batch_size))
     except OSError as exc:
-        raise ExportError(f"cannot write the Triton repository {folder}: {exc}") from None
+        raise write_failure(f"cannot write the Triton repository {folder}: {exc}", exc) from None
     return folder

@@ -14,6 +14,7 @@ import numpy as np
 import supervision as sv
 
 from finetune.metrics import Boxes
+from runtime.files import atomic_write_file
 
 __all__ = ["plot_confusion_matrix", "plot_curves", "plot_predictions", "to_detections"]
 
@@ -50,7 +51,7 @@ def plot_curves(epochs: list[dict[str, Any]], path: Path) -> Path:
     ax_map.set(xlabel="epoch", ylabel="mAP (valid)", title="mAP", ylim=(0, 1))
     ax_map.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_file(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path
 
@@ -71,7 +72,7 @@ def plot_confusion_matrix(
         iou_threshold=0.5,
     )
     fig = cm.plot(title=f"test split, conf ≥ {threshold}, IoU ≥ 0.5", fig_size=(8, 7))
-    fig.savefig(path, dpi=110)
+    atomic_write_file(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path
 
@@ -105,6 +106,6 @@ def plot_predictions(
             axes[row][col].set_title(title, fontsize=9)
             axes[row][col].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write_file(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path

@@ -31,6 +31,7 @@ __all__ = [
     "best_checkpoint",
     "checkpoint_problems",
     "checkpoints",
+    "last_complete_checkpoint",
     "latest_run",
     "new_run_dir",
     "recorded_best",
@@ -150,9 +151,14 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}$")
-# Written by versions before the PID was in the name: removed once they are an hour old.
-_LEGACY_TEMP_RE = re.compile(r"^\.(?:best|metrics\.json)\.[a-z0-9_]{8}$")
+# ``.<name>.<pid>.<8 random>`` and, for files written by a library, the final suffix again
+# (``runtime.files.atomic_write_file``).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}(?:\.[A-Za-z0-9]{1,8})?$")
+# Written by versions before the PID was in the name (run folders: ``.best.*``,
+# ``.metrics.json.*``; the dataset cache: ``.shapes-*``): removed once they are an hour old.
+_LEGACY_TEMP_RE = re.compile(
+    r"^\.(?P<name>best|metrics\.json|shapes|pretrain|roboflow-.+)[.-][a-z0-9_]{8}$"
+)
 LEGACY_TEMP_AGE_S = 3600.0
 
 
@@ -188,7 +194,10 @@ def remove_stale_temp(folder: str | Path, name: str | None = None) -> list[Path]
             ):
                 continue
             why = f"process {match.group('pid')} is gone"
-        elif name is None and _LEGACY_TEMP_RE.match(child.name):
+        elif (legacy := _LEGACY_TEMP_RE.match(child.name)) and name in (
+            None,
+            legacy.group("name"),
+        ):
             try:
                 age = now - child.lstat().st_mtime
             except OSError:
@@ -295,7 +304,8 @@ def checkpoint_problems(folder: str | Path) -> list[str]:
     return problems
 
 
-def _last_complete(run_dir: Path) -> Path | None:
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` of ``run_dir`` that has every file a resume needs."""
     complete = [path for _, path in checkpoints(run_dir) if not checkpoint_problems(path)]
     return complete[-1] if complete else None
 
@@ -334,7 +344,7 @@ def resolve_resume(value: str, output_dir: str | Path | None) -> tuple[Path, Pat
         run_dir = out if out is not None else source.parent
         problems = checkpoint_problems(source)
         if problems:
-            instead = _last_complete(source.parent)
+            instead = last_complete_checkpoint(source.parent)
             hint = (
                 f"resume from {instead} instead (the last complete checkpoint)"
                 if instead is not None
@@ -349,7 +359,7 @@ def resolve_resume(value: str, output_dir: str | Path | None) -> tuple[Path, Pat
     found = checkpoints(source)
     if not found:
         raise ResumeError(f"cannot resume from {source}: it has no checkpoint-N folder")
-    chosen = _last_complete(source)
+    chosen = last_complete_checkpoint(source)
     if chosen is None:
         raise ResumeError(
             f"cannot resume from {source}: none of its checkpoints is complete "

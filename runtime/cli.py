@@ -8,7 +8,10 @@ A folder run reports each image that cannot be read, keeps going, and still writ
 else (the failures are listed under ``errors`` in ``detections.json``; exit status 1). Errors
 that stop the run before any work (missing or non-ONNX model, model without metadata, no
 images, unreadable video, unusable provider with ``--strict``, a video without supervision)
-print one line and exit 2. ``detections.json`` is written atomically.
+print one line and exit 2; a full disk or an unwritable output folder prints one line and
+exits 3. A video that cannot be decoded to its end keeps the frames before the damage
+(the rest are listed under ``errors``; exit status 1). ``detections.json``, annotated images
+and the annotated video are written atomically (a temporary name, then a rename).
 
 Example:
     python -m runtime runs/exp/model.onnx photos/ --output runs/detect/photos --threshold 0.4
@@ -33,7 +36,14 @@ from runtime.detections import RawDetections
 from runtime.detector import Detector
 from runtime.errors import ImageError, ProviderError, ProviderWarning
 from runtime.extras import MissingExtraError, import_supervision
-from runtime.files import atomic_write_text
+from runtime.files import (
+    EXIT_CANNOT_WRITE,
+    atomic_path,
+    atomic_write_file,
+    atomic_write_text,
+    cannot_write,
+    cannot_write_message,
+)
 from runtime.images import to_rgb_array
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "main"]
@@ -137,7 +147,8 @@ def _run_images(
             continue
         raw = timer.detect(detector, rgb, threshold, bgr=False)
         if annotate.enabled:
-            Image.fromarray(annotate(rgb, raw)).save(output / path.name)
+            scene = Image.fromarray(annotate(rgb, raw))
+            atomic_write_file(output / path.name, scene.save)
         yield {"file": str(path), **raw.to_dict()}
 
 
@@ -148,7 +159,13 @@ def _run_video(
     threshold: float,
     timer: _Timer,
     annotate: _Annotator,
+    errors: list[dict[str, str]],
 ) -> Iterator[dict[str, Any]]:
+    """Detect in each frame; the annotated video is published when the run ends (atomic).
+
+    OpenCV stops at the first frame it cannot decode (a truncated or damaged file): the frames
+    before it are kept and written, and the missing ones are added to ``errors``.
+    """
     from tqdm import tqdm
 
     sv = import_supervision("a video run")
@@ -157,11 +174,25 @@ def _run_video(
     except Exception as exc:  # supervision raises a bare Exception for an unreadable video
         raise ImageError(f"{path}: cannot open video ({exc})") from None
     frames = sv.get_video_frames_generator(str(path))
-    with sv.VideoSink(str(output / f"{path.stem}.mp4"), info) as sink:
-        for index, frame in enumerate(tqdm(frames, desc="frames", total=info.total_frames)):
+    count = 0
+    with atomic_path(output / f"{path.stem}.mp4") as tmp, sv.VideoSink(str(tmp), info) as sink:
+        for frame in tqdm(frames, desc="frames", total=info.total_frames):
             raw = timer.detect(detector, frame, threshold, bgr=True)
             sink.write_frame(annotate(frame, raw))
-            yield {"frame": index, **raw.to_dict()}
+            yield {"frame": count, **raw.to_dict()}
+            count += 1
+    expected = info.total_frames or 0
+    if count < expected:
+        message = (
+            f"{path}: frames {count} to {expected - 1} could not be decoded "
+            f"(the container announces {expected}; the file is truncated or damaged)"
+        )
+        logger.error("%s", message)
+        errors.append({"file": str(path), "error": message})
+    elif count == 0:
+        message = f"{path}: no frame could be decoded"
+        logger.error("%s", message)
+        errors.append({"file": str(path), "error": message})
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
@@ -194,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
         logger.info("detections.json only, no annotated output: %s", annotate.reason)
     start = time.perf_counter()
     if is_video:
-        results = list(_run_video(detector, source, output, args.threshold, timer, annotate))
+        results = list(
+            _run_video(detector, source, output, args.threshold, timer, annotate, errors)
+        )
         unit = "frames"
     else:
         results = list(
@@ -222,19 +255,27 @@ def run(args: argparse.Namespace) -> int:
         f"(preprocess + model + threshold) on {', '.join(detector.providers)}"
     )
     if errors:
-        print(f"{len(errors)} {unit} could not be read (listed under 'errors' in detections.json)")
+        what = "some frames" if is_video else f"{len(errors)} {unit}"
+        print(f"{what} could not be read (listed under 'errors' in detections.json)")
         return 1
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m runtime``; returns the exit status: 0 done, 1 some images
-    could not be read (the rest were written), 2 a user error stopped the run."""
+    or frames could not be read (the rest were written), 2 a user error stopped the run, 3 the
+    output could not be written (disk full, no permission)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     warnings.simplefilter("ignore", ProviderWarning)  # logged already, once is enough
     try:
         return run(args)
-    except (OSError, ValueError, ProviderError, MissingExtraError) as exc:
+    except OSError as exc:
+        if cannot_write(exc):
+            print(f"error: {cannot_write_message(exc)}", file=sys.stderr)
+            return EXIT_CANNOT_WRITE
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, ProviderError, MissingExtraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

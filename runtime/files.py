@@ -7,13 +7,34 @@ permissions, then renamed over the final name (atomic on one file system).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_json", "atomic_write_text", "publish_mode", "temp_prefix"]
+__all__ = [
+    "EXIT_CANNOT_WRITE",
+    "atomic_path",
+    "atomic_write_file",
+    "atomic_write_json",
+    "atomic_write_text",
+    "cannot_write",
+    "cannot_write_message",
+    "publish_mode",
+    "temp_prefix",
+]
+
+# Exit status of every command (finetune, export, runtime) when the disk is full or a folder
+# is not writable: the user's fix is space or permissions, not other input (2) and not a
+# failed verification (1).
+EXIT_CANNOT_WRITE = 3
+_WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+)
 
 
 def publish_mode(path: Path, mode: int) -> None:
@@ -33,21 +54,61 @@ def temp_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}."
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (creating the folder)."""
+def cannot_write(exc: BaseException) -> bool:
+    """True for the OSErrors whose fix is disk space or permissions (exit status 3)."""
+    return isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
+
+
+def cannot_write_message(exc: OSError) -> str:
+    """One line for a full disk or a permission error: the folder, the reason, the fix."""
+    where = Path(exc.filename).parent if exc.filename else None
+    fix = (
+        "free disk space"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        else ("make the folder writable or choose another output")
+    )
+    place = f" in {where}" if where is not None else ""
+    return f"cannot write{place}: {exc.strerror or exc}; {fix} (exit status {EXIT_CANNOT_WRITE})"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``path``; on success it is renamed to ``path``.
+
+    For files written by a library (Matplotlib's ``savefig``, Pillow's ``save``, a video
+    writer): the temporary name ends with ``path``'s suffix, so format detection by extension
+    still works. An exception (or an interrupted generator) leaves the old ``path`` untouched
+    and removes the temporary file; a killed process leaves it for the next run's
+    ``finetune.runs.remove_stale_temp`` (the PID is in its name).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        publish_mode(Path(tmp), 0o666)
+        publish_mode(tmp, 0o666)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file: name the one we wrote
         raise
+
+
+def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Let ``write(tmp)`` fill a temporary file, then rename it to ``path`` (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (creating the folder)."""
+    atomic_write_file(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

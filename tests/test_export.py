@@ -280,7 +280,8 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_model(
         monkeypatch.setattr(pipeline, "write_sidecar", full)
     output = tmp_path / "model.onnx"
     output.write_bytes(b"previous good model")
-    assert main(["--checkpoint", str(tiny_checkpoint), "--output", str(output), *FAST]) == 2
+    # exit status 3: the fix is disk space, not other input (2) or the model (1)
+    assert main(["--checkpoint", str(tiny_checkpoint), "--output", str(output), *FAST]) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and "No space left on device" in err
     if when == "writing the graph":

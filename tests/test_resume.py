@@ -84,6 +84,20 @@ def test_first_run_records_its_best(four_step_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_latest_checkpoint_is_kept_when_it_is_not_the_best(
+    mini_dataset: Path, tiny_checkpoint: Path, tmp_path: Path, scripted_map: list[float]
+) -> None:
+    """The default limit of one checkpoint keeps the latest (to resume); best/ has the best."""
+    out = tmp_path / "exp"
+    scripted_map.extend([0.4, 0.1, 0.2])  # the best is step 1, the run ends at step 3
+    every_step = ["--eval_strategy", "steps", "--eval_steps", "1", "--save_steps", "1"]
+    argv = tiny_run_argv(mini_dataset, tiny_checkpoint, out, max_steps=3, extra=every_step)
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert recorded_best(out)["step"] == 1
+
+
+@pytest.mark.slow
 def test_resume_never_replaces_a_better_best(
     four_step_run: Path,
     mini_dataset: Path,

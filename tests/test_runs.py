@@ -78,6 +78,51 @@ def test_a_name_restricts_the_cleanup(tmp_path: Path) -> None:
     assert other.exists()
 
 
+def test_old_style_dataset_leftovers_are_removed_by_the_next_generation(tmp_path: Path) -> None:
+    """``.shapes-<random>`` folders of killed generations of earlier versions (no PID in the
+    name): removed by the next generation once an hour old; a fresh one may be in progress."""
+    from finetune.synthetic import SyntheticSpec, generate_dataset
+
+    old, fresh = (_folder(tmp_path / f".shapes-{tag}", "x.jpg") for tag in ("ab12cd34", "ef56gh78"))
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    other = _folder(tmp_path / ".pretrain-ab12cd34", "x.jpg")
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    spec = SyntheticSpec("shapes", ("circle",), (48, 48), (2, 1, 1), max_objects=1, seed=1)
+
+    generate_dataset(tmp_path / "shapes", spec)
+
+    assert not old.exists() and fresh.exists() and other.exists()
+    assert (tmp_path / "shapes" / "train" / "_annotations.coco.json").is_file()
+
+
+def test_files_written_by_libraries_are_atomic_and_keep_their_suffix(tmp_path: Path) -> None:
+    """``atomic_write_file``: the library sees a name with the final suffix (format by
+    extension), a failure keeps the old file, and a killed writer's file is recognised."""
+    from runtime.files import atomic_write_file
+
+    target = tmp_path / "curves.png"
+    target.write_bytes(b"old picture")
+    seen: list[str] = []
+
+    def fail(tmp: Path) -> None:
+        seen.append(tmp.name)
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        atomic_write_file(target, fail)
+    assert caught.value.filename == str(target)  # named, though write() named no file
+    assert target.read_bytes() == b"old picture"
+    assert re.fullmatch(rf"\.curves\.png\.{os.getpid()}\.[a-z0-9_]{{8}}\.png", seen[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+
+    atomic_write_file(target, lambda tmp: tmp.write_bytes(b"new picture"))
+    assert target.read_bytes() == b"new picture"
+    leftover = tmp_path / seen[0].replace(str(os.getpid()), str(_dead_pid()))
+    leftover.write_bytes(b"half")
+    assert remove_stale_temp(tmp_path) == [leftover]
+
+
 def test_best_prev_is_kept_while_it_is_the_only_best(tmp_path: Path) -> None:
     prev = _folder(tmp_path / "best.prev", "config.json")
     assert remove_stale_temp(tmp_path) == []

@@ -553,6 +553,59 @@ def test_cli_video(onnx_model, tmp_path):
 
 
 @pytest.mark.model
+def test_cli_damaged_video_keeps_the_frames_before_the_damage(onnx_model, tmp_path, capsys):
+    """A video cut short (a copy interrupted, a camera that lost power): the frames that
+    decode are detected and written, the rest are reported, exit status 1."""
+    import cv2
+
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
+    for i in range(12):
+        writer.write(photo(64, 96, seed=i)[:, :, ::-1].copy())
+    writer.release()
+    video = tmp_path / "clip.avi"
+    video.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    output = tmp_path / "out"
+
+    assert _cli(onnx_model, video, "--output", output, "--threshold", "0.0") == 1
+
+    report = json.loads((output / "detections.json").read_text())
+    frames = [r["frame"] for r in report["results"]]
+    assert 0 < len(frames) < 12 and frames == list(range(len(frames)))
+    (error,) = report["errors"]
+    assert error["file"] == str(video)
+    assert f"frames {len(frames)} to 11 could not be decoded" in error["error"]
+    capture = cv2.VideoCapture(str(output / "clip.mp4"))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == len(frames)
+    capture.release()
+    assert sorted(p.name for p in output.iterdir()) == ["clip.mp4", "detections.json"]
+    assert "some frames could not be read" in capsys.readouterr().out
+
+
+@pytest.mark.model
+def test_cli_full_disk_is_one_line_exit_3_and_leaves_no_temporary_file(onnx_model, tmp_path):
+    """A real failing write (a file-size limit on the process, as a full disk fails it): one
+    line naming the folder, exit status 3, no half-written file under any name."""
+    from fault_factory import file_size_limit
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    for i in range(2):
+        Image.fromarray(photo(240, 320, seed=i)).save(source / f"p{i}.png")
+    output = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", str(onnx_model), str(source), "--output", str(output),
+         "--providers", "cpu", "--threads", "1", "--threshold", "0.0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, preexec_fn=file_size_limit(4096),
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+    assert f"cannot write in {output}: File too large; free disk space" in line
+    assert "Traceback" not in done.stderr
+    assert list(output.iterdir()) == []
+
+
+@pytest.mark.model
 @pytest.mark.parametrize(
     ("model", "source", "message"),
     [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForObjectDetection
 from finetune.cli import main
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(dataset: Path, checkpoint: Path, out: Path, *extra: str) -> int:
@@ -56,6 +59,31 @@ def test_pictures_are_written(run_dir: Path) -> None:
     for name in ("curves.png", "confusion_matrix.png", "predictions.png"):
         data = (run_dir / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_full_disk_while_saving_is_one_line_exit_3(
+    mini_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A real failing write in a real process (a file-size limit: the 1.1 MB weights cannot be
+    written, the small JSON files can): one line naming the run folder and what is left to
+    resume from, exit status 3, no traceback."""
+    from fault_factory import file_size_limit
+
+    out = tmp_path / "exp"
+    argv = tiny_run_argv(
+        mini_dataset, tiny_checkpoint, out, max_steps=2, extra=["--save_steps", "1"]
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune", *argv],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        preexec_fn=file_size_limit(256 * 1024),
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+    assert f"cannot write in {out}" in line and "free disk space" in line
+    assert "no complete checkpoint was saved yet" in line
+    assert "Traceback" not in done.stderr
 
 
 def test_resume_restores_every_weight(

@@ -1,0 +1,25 @@
+"""Real write faults for subprocess tests: a file-size limit makes every large write fail.
+
+``RLIMIT_FSIZE`` applies to root too (chmod does not stop root from writing, and tests often
+run as root), and a write past it fails with EFBIG "File too large", the same code path as a
+full disk (ENOSPC) in our error handling. SIGXFSZ is ignored so the write returns the error
+instead of killing the process.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+from collections.abc import Callable
+
+__all__ = ["file_size_limit"]
+
+
+def file_size_limit(max_bytes: int) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.run``: no file may grow past ``max_bytes``."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return apply

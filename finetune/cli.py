@@ -427,7 +427,13 @@ def _train_and_report(
 
     from finetune.evaluate import evaluate_dataset
     from finetune.report import plot_confusion_matrix, plot_curves, plot_predictions
-    from finetune.runs import BEST_DIR, atomic_write_json, best_checkpoint
+    from finetune.runs import (
+        BEST_DIR,
+        RunNotFoundError,
+        atomic_write_dir,
+        atomic_write_json,
+        best_checkpoint,
+    )
     from finetune.train import IGNORE_KEYS, build_trainer
     from runtime.images import to_rgb_array
 
@@ -452,7 +458,20 @@ def _train_and_report(
     if not trainer.is_world_process_zero():
         return 0  # the main process scores the test split and writes the report, once
 
-    best = best_checkpoint(run_dir)
+    try:
+        best = best_checkpoint(run_dir)
+    except RunNotFoundError:  # --eval_strategy no: nothing was scored, the final weights it is
+        logger.info(
+            "no evaluation during training (--eval_strategy %s): %s holds the final weights",
+            targs.eval_strategy.value if hasattr(targs.eval_strategy, "value") else "no",
+            run_dir / BEST_DIR,
+        )
+
+        def write(tmp: Path) -> None:
+            trainer.model.save_pretrained(tmp, safe_serialization=True)
+            processor.save_pretrained(tmp)
+
+        best = atomic_write_dir(run_dir / BEST_DIR, write)
     model = AutoModelForObjectDetection.from_pretrained(best).eval()
     processor = AutoImageProcessor.from_pretrained(best)
     logger.info("evaluating %s on the test split (%d images)", best, len(splits.test))

@@ -45,7 +45,8 @@ def plot_curves(epochs: list[dict[str, Any]], path: Path) -> Path:
         if any(y is not None for y in ys):
             ax_loss.plot(x, [np.nan if y is None else y for y in ys], marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_loss.legend()
+    if ax_loss.lines:  # nothing to label when no evaluation ran (--eval_strategy no)
+        ax_loss.legend()
     for key, label in (("map", "mAP50:95"), ("map_50", "mAP50"), ("map_75", "mAP75")):
         ax_map.plot(x, [e.get(key, np.nan) for e in epochs], marker="o", label=label)
     ax_map.set(xlabel="epoch", ylabel="mAP (valid)", title="mAP", ylim=(0, 1))

@@ -62,6 +62,21 @@ def test_pictures_are_written(run_dir: Path) -> None:
     assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == []
 
 
+def test_without_evaluation_best_holds_the_final_weights(
+    mini_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """--eval_strategy no: nothing picks a best epoch, so best/ is the final model (and the
+    test split is still scored), not a traceback at the end of training."""
+    out = tmp_path / "exp"
+    assert _train(mini_dataset, tiny_checkpoint, out, "--eval_strategy", "no") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["map"] <= 1.0
+    final = AutoModelForObjectDetection.from_pretrained(out / "checkpoint-2")
+    best = AutoModelForObjectDetection.from_pretrained(out / "best")
+    for name, value in final.state_dict().items():
+        assert torch.equal(value, best.state_dict()[name]), name
+
+
 def test_full_disk_while_saving_is_one_line_exit_3(
     mini_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -38,12 +38,21 @@ __all__ = ["VARIANTS", "ExportResult", "VariantResult", "export_checkpoint"]
 
 logger = logging.getLogger("export")
 
-VARIANTS = ("fp16", "int8", "slim")  # written as model.<variant>.onnx
+VARIANTS = ("fp16", "int8", "int8-sym", "slim")  # written as model.<variant>.onnx
+INT8_VARIANTS = ("int8", "int8-sym")  # calibrated on training images
+# Where the int8-sym variant is meant to run but cannot be checked by this toolkit.
+NOT_VERIFIED = {
+    "int8-sym": [
+        "TensorRT: not run here (export has no GPU runtime); the graph is checked to be "
+        "TensorRT-shaped (signed int8 QDQ, zero points 0)"
+    ]
+}
 
 
 @dataclass
 class VariantResult:
-    """One variant (``fp16``, ``int8``, ``slim``): published path, or why it failed."""
+    """One variant (``fp16``, ``int8``, ``int8-sym``, ``slim``): published path, or why it
+    failed."""
 
     name: str
     path: Path | None
@@ -81,18 +90,75 @@ class _Context:
 
 
 def _verified(report: dict[str, Any], final: Path) -> dict[str, Any] | None:
-    """The sidecar's ``verified`` entry: where parity with PyTorch was checked, if it was."""
+    """The sidecar's ``verified`` entry: where parity with PyTorch was checked, if it was.
+
+    The first keys describe the ONNX Runtime check that gates publication; ``runtimes`` lists
+    every runtime the file was run in with its outcome (OpenVINO where installed), and
+    ``not_verified`` the runtimes it is meant for but that were not run.
+    """
     if "provider" not in report:  # verify=False: graph checks only
         return None
     versions = report.get("versions", {})
     runtime = versions.get("onnxruntime-gpu") or versions.get("onnxruntime", "")
-    return {
+    runtimes = [_outcome(f"onnxruntime {runtime}".strip(), report)]
+    if "openvino" in report:
+        runtimes.append(report["openvino"])
+    entry = {
         "runtime": f"onnxruntime {runtime}".strip(),
         "provider": report["provider"],
         "against": f"PyTorch (transformers {versions.get('transformers', '')})",
         "images": report.get("images", ""),
         "report": report_path(final).name,
+        "runtimes": runtimes,
     }
+    if report.get("not_verified"):
+        entry["not_verified"] = report["not_verified"]
+    return entry
+
+
+def _outcome(runtime: str, report: dict[str, Any]) -> dict[str, Any]:
+    """One runtime's verification in a line: passed, the mAP drop and the agreement."""
+    measured = report.get("map", {})
+    return {
+        "runtime": runtime,
+        "provider": report.get("provider", ""),
+        "passed": bool(report.get("passed")),
+        "map_drop": measured.get("map_drop") if measured.get("measured") else None,
+        "agreement_top10": report.get("detections_top_10", {}).get("agreement"),
+        "failures": [f for f in report.get("failures", []) if not f.startswith("note:")],
+    }
+
+
+def _verify_in_openvino(
+    ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata, report: dict[str, Any]
+) -> None:
+    """Where OpenVINO is installed, run the same checks in it and record the outcome in
+    ``report["openvino"]``. A failure there does not stop publication (ONNX Runtime's check
+    gates the file); it is logged as a warning and written into the sidecar."""
+    from export.openvino_session import openvino_version
+    from export.verify import TOLERANCES, verify_onnx
+
+    version = openvino_version()
+    if version is None or not ctx.verify or not report.get("passed"):
+        return
+    ov = verify_onnx(
+        tmp,
+        ctx.reference,
+        ctx.images,
+        expected=metadata,
+        tolerance=TOLERANCES[metadata.precision],
+        name=final.name,
+        threads=ctx.threads,
+        runtime="openvino",
+    )
+    report["openvino"] = _outcome(f"openvino {version}", ov)
+    if not ov["passed"]:
+        logger.warning(
+            "%s is correct in ONNX Runtime but not in OpenVINO %s (%s): do not serve it there",
+            final.name,
+            version,
+            "; ".join(report["openvino"]["failures"]),
+        )
 
 
 def _write_error(final: Path, exc: OSError) -> str:
@@ -196,6 +262,17 @@ def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata
         meta = replace(metadata, precision=precision, extra={**metadata.extra, **extra})
         write_metadata(tmp, meta)
         report = _verify(ctx, tmp, final, meta)
+        if name == "int8-sym":
+            from export.verify import symmetric_problems
+
+            shape = symmetric_problems(tmp)
+            report["tensorrt_shape"] = shape or "ok"
+            if shape:
+                report["failures"] = [*report["failures"], *shape]
+                report["passed"] = False
+        if name in NOT_VERIFIED:
+            report["not_verified"] = NOT_VERIFIED[name]
+        _verify_in_openvino(ctx, tmp, final, meta, report)
         if not report["passed"]:
             _reject(tmp, final, report)
             return VariantResult(name, None, False, report, "; ".join(report["failures"]))
@@ -281,7 +358,7 @@ def export_checkpoint(
     metadata = build_metadata(loaded, opset=opset, num_top_queries=num_top_queries)
 
     ctx = _Context(loaded, None, None, threads, verify)
-    if verify or "int8" in variants:  # int8 calibrates on the same sources
+    if verify or set(INT8_VARIANTS) & set(variants):  # int8 calibrates on the same sources
         ctx.images = (
             caller_images(images)
             if images is not None
@@ -313,6 +390,7 @@ def export_checkpoint(
         write_metadata(tmp, metadata)
         logger.info("verifying %s", final.name)
         report = _verify(ctx, tmp, final, metadata)
+        _verify_in_openvino(ctx, tmp, final, metadata, report)
         if not report["passed"]:
             where = _reject(tmp, final, report)
             raise VerificationError(

@@ -76,6 +76,7 @@ __all__ = [
     "INT8_FLOAT_IN_DECODER_LAYERS",
     "INT8_FLOAT_SCOPES",
     "RECIPE",
+    "SYMMETRIC_RECIPE",
     "build_variant",
     "float_nodes",
     "to_fp16",
@@ -100,13 +101,23 @@ INT8_FLOAT_IN_DECODER_LAYERS = re.compile(
 )
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 RECIPE = "int8 recipe 2"  # bump when the recipe changes: cached int8 files are keyed by it
+# The symmetric (TensorRT-shaped) variant: convolutions only, and the encoder's top-down FPN
+# path in float (OpenVINO breaks signed int8 there; see the module docstring).
+SYMMETRIC_OPS = ("Conv",)
+SYMMETRIC_FLOAT_SCOPES = ("/model/model/encoder/lateral_convs", "/model/model/encoder/fpn_blocks")
+SYMMETRIC_RECIPE = "int8-sym recipe 1"
 
 
 def float_nodes(
-    model: Any, num_decoder_layers: int | None = None, *, int8: bool = False
+    model: Any,
+    num_decoder_layers: int | None = None,
+    *,
+    int8: bool = False,
+    symmetric: bool = False,
 ) -> list[str]:
     """Nodes to keep in float: post-processing, query selection, the last decoder heads; for
-    ``int8`` also the decoder's memory path and self-attention (see the module docstring)."""
+    ``int8`` also the decoder's memory path and self-attention, and for ``symmetric`` int8 the
+    encoder's FPN path too (see the module docstring)."""
     last = []
     if num_decoder_layers:
         k = num_decoder_layers - 1
@@ -116,7 +127,13 @@ def float_nodes(
             f"/model/class_embed.{k}/",
             f"/model/bbox_embed.{k}/",
         ]
-    scopes = (*FLOAT_SCOPES, *last, *(INT8_FLOAT_SCOPES if int8 else ()))
+    int8 = int8 or symmetric
+    scopes = (
+        *FLOAT_SCOPES,
+        *last,
+        *(INT8_FLOAT_SCOPES if int8 else ()),
+        *(SYMMETRIC_FLOAT_SCOPES if symmetric else ()),
+    )
     names = [
         n.name
         for n in model.graph.node
@@ -241,8 +258,14 @@ def to_int8(
     processor: Any,
     calibration: Sequence[np.ndarray],
     num_decoder_layers: int | None = None,
+    *,
+    symmetric: bool = False,
 ) -> dict[str, str]:
-    """Static QDQ int8, per-channel weights, calibrated on ``calibration`` images."""
+    """Static QDQ int8, per-channel weights, calibrated on ``calibration`` images.
+
+    ``symmetric``: signed int8 activations and weights with zero points 0 (S8S8), the only
+    int8 TensorRT takes; convolutions only (see the module docstring).
+    """
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -256,6 +279,7 @@ def to_int8(
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(processor, calibration)
     model = onnx.load(str(src))
     _inline_shared_initializers(model.graph)
+    ops = SYMMETRIC_OPS if symmetric else QUANTIZED_OPS
     root = logging.getLogger()
     root.addFilter(_no_preprocessing_advice)
     try:
@@ -264,14 +288,28 @@ def to_int8(
             str(dst),
             reader,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
+            op_types_to_quantize=list(ops),
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=float_nodes(model, num_decoder_layers, int8=True),
+            nodes_to_exclude=float_nodes(model, num_decoder_layers, int8=True, symmetric=symmetric),
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+            }
+            if symmetric
+            else {},
         )
     finally:
         root.removeFilter(_no_preprocessing_advice)
+    if symmetric:
+        return {
+            "quantization": f"static QDQ S8S8 symmetric (zero points 0, TensorRT's int8), "
+            f"per-channel weights (Conv), MinMax on {len(calibration)} calibration image(s); "
+            "float: post-processing, query selection, last decoder heads, encoder FPN path, "
+            f"decoder memory path and attention ({SYMMETRIC_RECIPE})"
+        }
     return {
         "quantization": f"static QDQ U8S8, per-channel weights ({', '.join(QUANTIZED_OPS)}), "
         f"MinMax on {len(calibration)} calibration image(s); float: post-processing, query "
@@ -306,8 +344,10 @@ def build_variant(
     """Write variant ``name`` of ``src`` to ``dst``; returns (precision, metadata extras)."""
     if name == "fp16":
         return "fp16", to_fp16(src, dst)
-    if name == "int8":
-        return "int8", to_int8(src, dst, processor, calibration, num_decoder_layers)
+    if name in ("int8", "int8-sym"):
+        symmetric = name == "int8-sym"
+        extra = to_int8(src, dst, processor, calibration, num_decoder_layers, symmetric=symmetric)
+        return "int8", extra
     if name == "slim":
         return "fp32", to_slim(src, dst)
     raise ValueError(f"unknown variant {name!r}")

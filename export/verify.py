@@ -34,6 +34,7 @@ __all__ = [
     "TOP_N",
     "check_graph",
     "make_session",
+    "symmetric_problems",
     "verify_onnx",
 ]
 
@@ -113,6 +114,31 @@ def check_graph(path: Path) -> list[str]:
     return _contract_problems(inputs, INPUTS) + _contract_problems(graph.output, OUTPUTS)
 
 
+def symmetric_problems(path: Path) -> list[str]:
+    """Why the graph at ``path`` is not shaped for TensorRT's int8: TensorRT takes only
+    symmetric quantization, so every QuantizeLinear/DequantizeLinear needs a signed int8
+    zero point of 0 (an absent zero point is uint8 0 by the ONNX spec: also refused)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name: i for i in graph.initializer}
+    problems, count = [], 0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        count += 1
+        zero = initializers.get(node.input[2]) if len(node.input) > 2 else None
+        if zero is None:
+            problems.append(f"{node.name}: no int8 zero point")
+            continue
+        if zero.data_type != onnx.TensorProto.INT8 or numpy_helper.to_array(zero).any():
+            problems.append(f"{node.name}: zero point is not int8 0")
+    if not count:
+        problems.append("no QuantizeLinear/DequantizeLinear node: not an int8 QDQ graph")
+    return problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else [])
+
+
 def _run(session: Any, pixel_values: np.ndarray, sizes: np.ndarray) -> list[Detections]:
     labels, boxes, scores = session.run(
         ["labels", "boxes", "scores"], {"images": pixel_values, "orig_target_sizes": sizes}
@@ -187,8 +213,12 @@ def verify_onnx(
     tolerance: Tolerance,
     name: str,
     threads: int | None = None,
+    runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Run every check on the graph at ``path`` and return the report (``passed`` inside).
+
+    ``runtime="openvino"`` runs the same checks in OpenVINO's CPU plugin
+    (:class:`export.openvino_session.OpenVinoSession`) instead of ONNX Runtime.
 
     Args:
         path: The graph to verify (still under its temporary name).
@@ -222,7 +252,12 @@ def verify_onnx(
         return {**report, "passed": False, "failures": failures}
 
     try:
-        session = make_session(path, threads)
+        if runtime == "openvino":
+            from export.openvino_session import OpenVinoSession
+
+            session: Any = OpenVinoSession(path, threads or min(4, os.cpu_count() or 1))
+        else:
+            session = make_session(path, threads)
         outputs, times = _run_each(session, reference)
         # Dynamic batch: the first two images (or one twice) as one batch of 2.
         pick = [0, 1] if len(outputs) > 1 else [0, 0]
@@ -231,12 +266,12 @@ def verify_onnx(
             np.concatenate([reference.pixel_values[i] for i in pick]),
             np.concatenate([reference.sizes[i] for i in pick]),
         )
-    except _ort_errors() as exc:
+    except (*_ort_errors(), RuntimeError) as exc:  # OpenVINO raises RuntimeError
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {
             **report,
             "passed": False,
-            "failures": [f"onnxruntime: {type(exc).__name__}: {text}"],
+            "failures": [f"{runtime}: {type(exc).__name__}: {text}"],
         }
     report["provider"] = session.get_providers()[0]
     report["latency_ms_median"] = {

@@ -16,8 +16,8 @@ and publishes it only if it passes.
   (``decoder_input_proj`` convs and each decoder layer's ``encoder_attn/value_proj``) and the
   decoder's self-attention. Measured on the small model (192 px, 1 CPU thread, batch 1):
   U8S8 QDQ 21 ms vs fp32 27 ms; QOperator U8S8 the same 21 ms; S8S8 QDQ 37 ms (slower than
-  fp32 without VNNI); dynamic MatMul-only 26 ms. U8S8 is for CPUs: TensorRT wants symmetric
-  S8S8 QDQ, so serve fp32/fp16 there.
+  fp32 without VNNI); dynamic MatMul-only 26 ms. U8S8 is for CPUs; ``int8-sym`` below is the
+  TensorRT-shaped file.
 
   Why the memory path and the decoder self-attention stay float, measured on the default
   model trained 300 steps (100 test images, PyTorch mAP50:95 0.8607, AMD EPYC Zen 4 with
@@ -58,7 +58,38 @@ and publishes it only if it passes.
   feeding the deformable attention's ``value_proj`` through a flatten and concat) into wrong
   detections (mAP 0.86 -> 0.50); keeping either side alone float is not enough. The decoder's
   self-attention (300 queries) costs the most accuracy in int8 and little time.
+- int8-sym: the int8 TensorRT takes: signed int8 activations and weights, zero points 0
+  (``ActivationSymmetric``/``WeightSymmetric``), per-channel weights, biases left float
+  (ORT's int32 bias DequantizeLinear is not TensorRT's; ``export.verify.symmetric_problems``
+  checks the shape), convolutions only, and the encoder's top-down FPN path
+  (``lateral_convs``, ``fpn_blocks``) in float besides recipe 2's float nodes. Chosen by
+  measurement on the same model (100 test images, PyTorch 0.8625; Zen 4, 2 threads, ms p50
+  of 12 interleaved rounds, ORT fp32 19.3 ms, OpenVINO fp32 15.3 ms):
+
+  ==========================================  ==========  ===============  ======  ======
+  S8S8 QDQ, MinMax, 32 images, recipe 2       ORT mAP     OpenVINO mAP     ORT ms  OV ms
+  ==========================================  ==========  ===============  ======  ======
+  Conv + MatMul                               0.8432      0.0241 broken    24.3    10.9
+  Conv + MatMul, dedicated Q/DQ pairs         0.8413      0.0254 broken    24.1    11.0
+  MatMul only                                 0.8467      0.8463           20.4    15.4
+  Conv only                                   0.8617      0.0269 broken    22.7    11.8
+  Conv, encoder (FPN + PAN) float             0.8594      0.8626           21.0    16.1
+  Conv, encoder input projections float       0.8597      0.0268 broken    24.3    12.9
+  Conv, FPN path float (used)                 0.8592      0.8634           22.2    15.6
+  ==========================================  ==========  ===============  ======  ======
+
+  Symmetric MatMuls cost 0.016 mAP in both runtimes (the attention activations are far from
+  symmetric); OpenVINO 2026.4 gives wrong detections as soon as a convolution of the FPN
+  path has signed int8 activations. With biases float the export measured ORT mAP +0.0029
+  and OpenVINO +0.0051 over PyTorch on 64 images. On a CPU the file is no faster (ORT runs
+  S8S8 slower than fp32 here, OpenVINO at fp32 speed): use ``int8`` there. TensorRT itself is
+  not run by this toolkit (no GPU runtime here); the sidecar says so.
 - slim: ``onnxslim.slim`` (constant folding, dead-node and shape-op elimination).
+
+Every published file is also verified in OpenVINO (``export.openvino_session``) where the
+``[openvino]`` extra is installed; the outcome goes into the report and the sidecar's
+``verified.runtimes``; a file wrong there is still published (ONNX Runtime gates it) with a
+warning.
 """
 
 from __future__ import annotations

@@ -400,3 +400,35 @@ def test_agreement_tolerances(change: dict[str, float], expected: float) -> None
     scores[1] -= change.get("score", 0.0)
     result = agreement([ref], [Detections(labels, boxes, scores)], tol, top=2)
     assert result["agreement"] == expected
+
+
+@pytest.mark.slow
+def test_int8_sym_variant_sidecar_lists_each_runtime_and_what_was_not_run(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The sidecar says where the file was verified: ONNX Runtime always, OpenVINO where it is
+    installed (the [dev] install has it), and that TensorRT was not run."""
+    import json
+
+    from export import export_checkpoint
+    from export.openvino_session import openvino_version
+
+    result = export_checkpoint(
+        tiny_checkpoint,
+        tmp_path / "model.onnx",
+        images=[np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8) for i in range(3)],
+        variants=["int8-sym"],
+        threads=1,
+    )
+    (variant,) = result.variants
+    assert variant.passed, variant.error  # the tiny conditioned model passes int8 parity
+    sidecar = json.loads((tmp_path / "model.int8-sym.json").read_text())
+    report = variant.report
+    assert report["tensorrt_shape"] == "ok"
+    assert report["not_verified"][0].startswith("TensorRT: not run here")
+    runtimes = [r["runtime"].split()[0] for r in sidecar["verified"]["runtimes"]]
+    assert runtimes == ["onnxruntime"] + (["openvino"] if openvino_version() else [])
+    assert all(r["passed"] for r in sidecar["verified"]["runtimes"])
+    assert sidecar["verified"]["not_verified"] == report["not_verified"]
+    if openvino_version():
+        assert report["openvino"]["runtime"] == f"openvino {openvino_version()}"

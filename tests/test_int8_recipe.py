@@ -55,3 +55,37 @@ def test_int8_graph_quantizes_the_rest_and_keeps_the_contract(fp32, tiny_checkpo
     for name, node in _weighted(quantized).items():
         weight_is_int8 = node.input[1] in dequantized
         assert weight_is_int8 == (name not in kept), name
+
+
+@pytest.mark.model
+def test_symmetric_variant_is_tensorrt_shaped_and_the_u8_one_is_not(
+    fp32, tiny_checkpoint, tmp_path
+):
+    """int8-sym: only convolutions outside the float scopes are quantized, every Q/DQ has a
+    signed int8 zero point of 0 and biases stay float (TensorRT has no int32 DQ); the
+    default U8S8 file fails the same shape check, so the check can fail."""
+    from transformers import AutoImageProcessor
+
+    from export.verify import symmetric_problems
+
+    processor = AutoImageProcessor.from_pretrained(tiny_checkpoint)
+    images = [photo(64, 64, seed=i) for i in range(3)]
+    target = tmp_path / "model.int8-sym.onnx"
+    extra = to_int8(fp32, target, processor, images, 1, symmetric=True)
+    assert "S8S8 symmetric" in extra["quantization"]
+    assert check_graph(target) == [] and symmetric_problems(target) == []
+    quantized = onnx.load(str(target))
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    kept = set(float_nodes(onnx.load(str(fp32)), 1, symmetric=True))
+    assert any("/encoder/fpn_blocks" in name for name in kept)
+    assert any("/encoder/lateral_convs" in name for name in kept)
+    int8_weights = {name for name, n in _weighted(quantized).items() if n.input[1] in dequantized}
+    convs = {name for name, n in _weighted(quantized).items() if n.op_type == "Conv"}
+    assert int8_weights == convs - kept and int8_weights
+    for node in quantized.graph.node:  # biases float: no Conv bias comes from a DequantizeLinear
+        if node.op_type == "Conv" and len(node.input) > 2:
+            assert node.input[2] not in dequantized, node.name
+
+    u8 = tmp_path / "model.int8.onnx"
+    to_int8(fp32, u8, processor, images, 1)
+    assert any("zero point is not int8 0" in p for p in symmetric_problems(u8))

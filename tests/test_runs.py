@@ -144,7 +144,8 @@ def test_temporary_names_carry_the_writer_pid(
     atomic_write_json(tmp_path / "metrics.json", {"a": 1})
     atomic_write_dir(tmp_path / "best", lambda tmp: (tmp / "config.json").write_text("{}"))
     pid = os.getpid()
-    assert re.fullmatch(rf"\.metrics\.json\.{pid}\.[a-z0-9_]{{8}}", sources[0])
+    # files keep their suffix after the random part (format detection by extension)
+    assert re.fullmatch(rf"\.metrics\.json\.{pid}\.[a-z0-9_]{{8}}\.json", sources[0])
     assert re.fullmatch(rf"\.best\.{pid}\.[a-z0-9_]{{8}}", sources[1])
 
 

@@ -136,21 +136,11 @@ def _verify_in_openvino(
     ``report["openvino"]``. A failure there does not stop publication (ONNX Runtime's check
     gates the file); it is logged as a warning and written into the sidecar."""
     from export.openvino_session import openvino_version
-    from export.verify import TOLERANCES, verify_onnx
 
     version = openvino_version()
     if version is None or not ctx.verify or not report.get("passed"):
         return
-    ov = verify_onnx(
-        tmp,
-        ctx.reference,
-        ctx.images,
-        expected=metadata,
-        tolerance=TOLERANCES[metadata.precision],
-        name=final.name,
-        threads=ctx.threads,
-        runtime="openvino",
-    )
+    ov = _verify(ctx, tmp, final, metadata, runtime="openvino")
     report["openvino"] = _outcome(f"openvino {version}", ov)
     if not ov["passed"]:
         logger.warning(
@@ -193,7 +183,9 @@ def _publish(tmp: Path, final: Path, report: dict[str, Any], metadata: ModelMeta
     failed_report_path(final).unlink(missing_ok=True)
 
 
-def _verify(ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata) -> dict[str, Any]:
+def _verify(
+    ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata, runtime: str = "onnxruntime"
+) -> dict[str, Any]:
     from export.verify import TOLERANCES, check_graph, verify_onnx
 
     if not ctx.verify:  # verify=False: structure only
@@ -214,6 +206,7 @@ def _verify(ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata) -> d
         tolerance=TOLERANCES[metadata.precision],
         name=final.name,
         threads=ctx.threads,
+        runtime=runtime,
     )
 
 

@@ -99,12 +99,13 @@ def _verified(report: dict[str, Any], final: Path) -> dict[str, Any] | None:
     if "provider" not in report:  # verify=False: graph checks only
         return None
     versions = report.get("versions", {})
-    runtime = versions.get("onnxruntime-gpu") or versions.get("onnxruntime", "")
-    runtimes = [_outcome(f"onnxruntime {runtime}".strip(), report)]
+    version = versions.get("onnxruntime-gpu") or versions.get("onnxruntime", "")
+    runtime = f"onnxruntime {version}".strip()
+    runtimes = [_outcome(runtime, report)]
     if "openvino" in report:
         runtimes.append(report["openvino"])
     entry = {
-        "runtime": f"onnxruntime {runtime}".strip(),
+        "runtime": runtime,
         "provider": report["provider"],
         "against": f"PyTorch (transformers {versions.get('transformers', '')})",
         "images": report.get("images", ""),

@@ -270,9 +270,7 @@ def _cannot_write(exc: OSError, run_dir: Path) -> int:
         if last is not None
         else "no complete checkpoint was saved yet"
     )
-    if exc.filename is None:
-        exc.filename = str(run_dir / "x")
-    return _fail(f"{cannot_write_message(exc)}; {going_on}", code=EXIT_CANNOT_WRITE)
+    return _fail(f"{cannot_write_message(exc, run_dir)}; {going_on}", code=EXIT_CANNOT_WRITE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,7 +461,7 @@ def _train_and_report(
     except RunNotFoundError:  # --eval_strategy no: nothing was scored, the final weights it is
         logger.info(
             "no evaluation during training (--eval_strategy %s): %s holds the final weights",
-            targs.eval_strategy.value if hasattr(targs.eval_strategy, "value") else "no",
+            getattr(targs.eval_strategy, "value", targs.eval_strategy),
             run_dir / BEST_DIR,
         )
 

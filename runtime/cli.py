@@ -187,12 +187,12 @@ def _run_video(
             f"{path}: frames {count} to {expected - 1} could not be decoded "
             f"(the container announces {expected}; the file is truncated or damaged)"
         )
-        logger.error("%s", message)
-        errors.append({"file": str(path), "error": message})
     elif count == 0:
         message = f"{path}: no frame could be decoded"
-        logger.error("%s", message)
-        errors.append({"file": str(path), "error": message})
+    else:
+        return
+    logger.error("%s", message)
+    errors.append({"file": str(path), "error": message})
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:

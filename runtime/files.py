@@ -59,13 +59,16 @@ def cannot_write(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
 
 
-def cannot_write_message(exc: OSError) -> str:
-    """One line for a full disk or a permission error: the folder, the reason, the fix."""
-    where = Path(exc.filename).parent if exc.filename else None
+def cannot_write_message(exc: OSError, folder: Path | None = None) -> str:
+    """One line for a full disk or a permission error: the folder, the reason, the fix.
+
+    The folder is the failed file's; ``folder`` stands in when the error names no file.
+    """
+    where = Path(exc.filename).parent if exc.filename else folder
     fix = (
         "free disk space"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        else ("make the folder writable or choose another output")
+        else "make the folder writable or choose another output"
     )
     place = f" in {where}" if where is not None else ""
     return f"cannot write{place}: {exc.strerror or exc}; {fix} (exit status {EXIT_CANNOT_WRITE})"

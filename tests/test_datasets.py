@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import traceback
 from collections.abc import Callable
@@ -588,7 +589,11 @@ KEY = "SeCrEtKeY123abc"
 
 
 class FakeRoboflow:
-    """Stands in for ``roboflow.Roboflow``; ``fail`` is raised on download."""
+    """Stands in for ``roboflow.Roboflow``; ``fail`` is raised on download.
+
+    A successful download writes a small COCO export into ``location``, as Roboflow does, so
+    that the files the download leaves behind can be searched for the key.
+    """
 
     fail: Exception | None = None
 
@@ -608,6 +613,7 @@ class FakeRoboflow:
     def download(self, model_format: str, location: str) -> Any:
         if self.fail is not None:
             raise self.fail
+        write_roboflow_coco(Path(location))
         return type("Dataset", (), {"location": location})()
 
 
@@ -621,6 +627,12 @@ def test_download_roboflow_needs_key(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
     with pytest.raises(RoboflowDownloadError, match="set ROBOFLOW_API_KEY"):
         download_roboflow("acme/hats/3", tmp_path)
+
+
+def _files_holding(root: Path, secret: str) -> list[Path]:
+    """Every file under ``root`` whose bytes contain ``secret`` (as UTF-8)."""
+    needle = secret.encode()
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and needle in p.read_bytes()]
 
 
 @pytest.mark.parametrize(
@@ -637,19 +649,48 @@ def test_download_roboflow_needs_key(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             "Roboflow download of 'acme/hats/3' failed",
         ),
     ],
+    ids=["success", "requests-connection", "refused", "api-error"],
 )
 def test_download_roboflow_never_leaks_key(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fail: Exception | None, expected: str | None
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    fail: Exception | None,
+    expected: str | None,
 ) -> None:
+    """The key reaches Roboflow and nothing else: not the error (message, traceback, chained
+    causes), not stdout/stderr (file descriptors too), not any log record at any level, not
+    any file written under the destination."""
     monkeypatch.setenv("ROBOFLOW_API_KEY", KEY)
     monkeypatch.setattr(FakeRoboflow, "fail", fail)
     monkeypatch.setattr("roboflow.Roboflow", FakeRoboflow)
+    made: list[FakeRoboflow] = []
+    original_init = FakeRoboflow.__init__
+
+    def recording_init(self: FakeRoboflow, api_key: str) -> None:
+        original_init(self, api_key)
+        made.append(self)
+
+    monkeypatch.setattr(FakeRoboflow, "__init__", recording_init)
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    dest = tmp_path / "hats"
 
     if expected is None:
-        assert download_roboflow("acme/hats/3", tmp_path / "hats") == tmp_path / "hats"
-        return
-    with pytest.raises(RoboflowDownloadError, match=re.escape(expected)) as info:
-        download_roboflow("acme/hats/3", tmp_path / "hats")
-    printed = "".join(traceback.format_exception(info.value))
+        assert download_roboflow("acme/hats/3", dest) == dest
+        assert load_dataset(dest).classes == ["cat", "dog"]  # the fake wrote a real export
+        printed = ""
+    else:
+        with pytest.raises(RoboflowDownloadError, match=re.escape(expected)) as info:
+            download_roboflow("acme/hats/3", dest)
+        assert isinstance(info.value, DatasetError)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+        printed = "".join(traceback.format_exception(info.value)) + repr(info.value.args)
+
+    assert [fake.api_key for fake in made] == [KEY]  # the key did reach Roboflow
+    out, err = capfd.readouterr()
+    records = [r.getMessage() + repr(r.args) for r in caplog.records]
     assert KEY not in printed
-    assert isinstance(info.value, DatasetError)
+    assert KEY not in out and KEY not in err
+    assert not [r for r in records if KEY in r]
+    assert _files_holding(tmp_path, KEY) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,40 @@ detections = detector(image, threshold=0.0)
 print(len(raw), len(detections), type(detections).__name__, lower,
       sorted(m for m in BLOCKED if sys.modules.get(m) is not None))
 """
+
+
+CPU_PROVIDER = "CPUExecutionProvider"
+GPU_BUILD = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU_PROVIDER)
+
+
+def fake_provider_build(
+    monkeypatch: Any,
+    *,
+    offered: Sequence[str] = GPU_BUILD,
+    driver: bool = True,
+    runs_on: Sequence[str] | None = (CPU_PROVIDER,),
+) -> list[list[Any]]:
+    """Make onnxruntime report ``offered`` providers and an NVIDIA driver (or none).
+
+    With ``runs_on`` every session is really created with those providers only, whatever it
+    was asked for: onnxruntime-gpu on a machine where CUDA does not work (it offers TensorRT
+    and CUDA, then silently runs on the CPU). ``runs_on=None`` passes the request through.
+    Returns the ``providers`` argument of each session created, in order, so tests can check
+    what ``runtime`` asked onnxruntime for. Works the same on a CPU or a GPU machine.
+    """
+    import onnxruntime as ort
+
+    import runtime.providers
+
+    real_session = ort.InferenceSession
+    asked: list[list[Any]] = []
+
+    def session(path: Any, sess_options: Any = None, providers: Any = None, **kwargs: Any):
+        asked.append(list(providers) if providers is not None else None)
+        given = list(runs_on) if runs_on is not None else providers
+        return real_session(path, sess_options=sess_options, providers=given, **kwargs)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(offered))
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(runtime.providers, "nvidia_driver_present", lambda: driver)
+    return asked

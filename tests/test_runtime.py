@@ -8,6 +8,7 @@ its scores untied so runtimes can be compared), exported once per session with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_probe import cuda_works
 from PIL import Image
 from runtime_fixtures import (
     TORCH_FREE,
     assert_close,
     assert_same,
+    fake_provider_build,
     gap_threshold,
     hf_detect,
     match_detections,
@@ -48,7 +51,8 @@ from runtime.providers import normalize_provider
 from runtime.session import session_options
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU = "CPUExecutionProvider"
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+TRT = "TensorrtExecutionProvider"
 
 # Measured (see runtime/preprocessing.py): one uint8 step on at most ~1% of the pixels.
 PIXEL_ATOL = 1 / 255 + 1e-6
@@ -371,33 +375,78 @@ def test_session_options():
         session_options(0)
 
 
-@pytest.fixture(scope="module")
-def cuda_request(onnx_model):
-    """A detector that asked for CUDA, and the warnings that gave."""
+def _provider_warnings(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    return [w for w in caught if issubclass(w.category, ProviderWarning)]
+
+
+@pytest.mark.model
+def test_cuda_request_on_this_machine(onnx_model):
+    """A real request for CUDA, nothing patched. The expected outcome comes from
+    ``cuda_probe`` (onnxruntime alone), not from what the runtime reports: CUDA in use and
+    silent where CUDA works; otherwise the CPU, one ProviderWarning pointing at the caller,
+    and ``strict`` raises."""
+    import onnxruntime as ort
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         detector = Detector(onnx_model, providers=["cuda"], threads=1)
-    if "CUDAExecutionProvider" in detector.providers:
-        pytest.skip("CUDA works on this machine: nothing falls back")
-    return detector, caught
-
-
-@pytest.mark.model
-def test_requested_provider_not_in_use_warns(cuda_request):
-    detector, caught = cuda_request
-    messages = [str(w.message) for w in caught if issubclass(w.category, ProviderWarning)]
+    ours = _provider_warnings(caught)
+    if cuda_works():
+        assert detector.providers[0] == CUDA
+        assert ours == []
+        Detector(onnx_model, providers=["cuda"], threads=1, strict=True)
+        return
     assert detector.providers == [CPU]
-    assert len(messages) == 1
-    assert "CUDAExecutionProvider requested but not in use" in messages[0]
-    assert "model.onnx" in messages[0]
-    assert caught[0].filename == __file__  # points at the caller
-
-
-@pytest.mark.model
-def test_requested_provider_not_in_use_raises_when_strict(cuda_request, onnx_model):
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert (
+        f"{onnx_model}: execution provider(s) CUDAExecutionProvider requested but not in use"
+        in str(ours[0].message)
+    )
+    assert ours[0].filename == __file__  # points at the caller
+    if CUDA not in ort.get_available_providers():  # the CPU build: CUDA was not passed on
+        assert [str(w.message) for w in caught if w not in ours] == []
     with pytest.raises(ProviderError, match=r"CUDAExecutionProvider.*strict=True"):
         Detector(onnx_model, providers=["cuda"], strict=True)
-    assert issubclass(ProviderError, RuntimeError)
+
+
+@pytest.mark.model
+def test_cuda_request_falling_back_warns_once_at_the_caller(onnx_model, monkeypatch):
+    """onnxruntime-gpu where CUDA does not work (simulated on any machine): CUDA is asked for,
+    the session runs on the CPU, one ProviderWarning names the file and points at the caller;
+    ``strict`` raises instead."""
+    asked = fake_provider_build(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        detector = Detector(onnx_model, providers=["cuda"], threads=1)
+    ours = _provider_warnings(caught)
+
+    assert asked == [[CUDA]]
+    assert detector.providers == [CPU]
+    assert [str(w.message) for w in ours] == [
+        f"{onnx_model}: execution provider(s) CUDAExecutionProvider requested but not in use; "
+        "onnxruntime runs this model on CPUExecutionProvider. onnxruntime's own log above says "
+        "why; usually no GPU is visible, or the CUDA/cuDNN (and TensorRT) libraries do not "
+        "match this onnxruntime-gpu build."
+    ]
+    assert ours[0].filename == __file__
+    with pytest.raises(ProviderError, match=r"CUDAExecutionProvider requested.*strict=True"):
+        Detector(onnx_model, providers=["cuda"], threads=1, strict=True)
+    assert asked == [[CUDA], [CUDA]]
+
+
+@pytest.mark.model
+def test_provider_not_offered_is_not_passed_to_onnxruntime(onnx_model, monkeypatch):
+    """The CPU build (Azure + CPU): CUDA is not handed to onnxruntime (which would only print
+    an error), the session gets the CPU, and the request is still reported."""
+    asked = fake_provider_build(monkeypatch, offered=["AzureExecutionProvider", CPU], runs_on=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        detector = Detector(onnx_model, providers=["cuda", "cpu"], threads=1)
+
+    assert asked == [[CPU]]
+    assert detector.providers == [CPU]
+    assert [str(w.message) for w in caught if w.category is not ProviderWarning] == []
+    assert len(_provider_warnings(caught)) == 1
 
 
 @pytest.mark.model
@@ -406,43 +455,48 @@ def test_default_providers_report_what_is_used(onnx_model):
         warnings.simplefilter("error", ProviderWarning)  # the default preference only logs
         detector = Detector(onnx_model, threads=1)
     assert detector.providers[-1] == CPU
-    assert "providers=" in repr(detector)
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("driver", [True, False])
-def test_default_preference(monkeypatch, driver):
-    import onnxruntime as ort
-
-    import runtime.providers as providers
-
-    monkeypatch.setattr(providers, "nvidia_driver_present", lambda: driver)
-    plan = providers.plan_providers(None)
-    offered = [p for p in providers.DEFAULT_PREFERENCE if p in ort.get_available_providers()]
-    expected = (
-        offered if driver else [p for p in offered if "Tensorrt" not in p and "CUDA" not in p]
-    )
-    assert list(plan.requested) == expected and not plan.explicit
-    assert plan.requested[-1] == CPU
+    assert f"providers={detector.providers}" in repr(detector)
 
 
 @pytest.mark.model
 def test_default_preference_fallback_is_logged_or_strict(onnx_model, monkeypatch, caplog):
-    import onnxruntime as ort
-
-    import runtime.providers as providers
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("this onnxruntime build offers no CUDA: nothing to fall back from")
-    monkeypatch.setattr(providers, "nvidia_driver_present", lambda: True)  # as on a GPU box
-    with warnings.catch_warnings():
+    """A GPU box whose CUDA does not work (simulated): the default preference asks for
+    TensorRT > CUDA > CPU, runs on the CPU, logs it (no ProviderWarning); strict raises."""
+    asked = fake_provider_build(monkeypatch, driver=True)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="runtime"):
         warnings.simplefilter("error", ProviderWarning)
         detector = Detector(onnx_model, threads=1)
-    if "CUDAExecutionProvider" in detector.providers:
-        pytest.skip("CUDA works on this machine")
-    assert "requested but not in use" in caplog.text
-    with pytest.raises(ProviderError):
+
+    assert asked == [[TRT, CUDA, CPU]]
+    assert detector.providers == [CPU]
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        f"{onnx_model}: execution provider(s) TensorrtExecutionProvider, CUDAExecutionProvider "
+        "requested but not in use; onnxruntime runs this model on CPUExecutionProvider."
+    )
+    assert record.getMessage().endswith(
+        "Pass providers=['cpu'] to choose the CPU explicitly and silence this."
+    )
+    with pytest.raises(ProviderError, match=r"TensorrtExecutionProvider.*strict=True"):
         Detector(onnx_model, threads=1, strict=True)
+
+
+@pytest.mark.model
+def test_default_preference_without_driver_is_the_cpu_quietly(onnx_model, monkeypatch, caplog):
+    """onnxruntime-gpu on a machine without the NVIDIA driver: TensorRT and CUDA are left out
+    of the default preference, so the CPU is all that is asked for, nothing is logged as a
+    fallback, and ``strict`` has nothing to complain about."""
+    asked = fake_provider_build(monkeypatch, driver=False)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="runtime"):
+        warnings.simplefilter("error", ProviderWarning)
+        detector = Detector(onnx_model, threads=1)
+        strict = Detector(onnx_model, threads=1, strict=True)
+
+    assert asked == [[CPU], [CPU]]
+    assert detector.providers == strict.providers == [CPU]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert f"{onnx_model}: running on CPUExecutionProvider" in caplog.text
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -639,14 +693,51 @@ def test_cli_errors_exit_2_without_traceback(onnx_model, tmp_path, capsys, model
 
 @pytest.mark.model
 def test_python_dash_m_runtime_strict_provider_error(onnx_model, tmp_path):
+    """``--strict`` in a real process, nothing patched: exit 2 with one ``error:`` line where
+    CUDA does not work (decided by ``cuda_probe``, not by the exit status), exit 0 where it
+    does."""
     Image.fromarray(RGB).save(tmp_path / "image.png")
     done = subprocess.run(
         [sys.executable, "-m", "runtime", str(onnx_model), str(tmp_path / "image.png"),
          "--providers", "cuda", "--strict", "--output", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
-    if done.returncode == 0:
-        pytest.skip("CUDA works on this machine")
-    assert done.returncode == 2
-    assert "error: " in done.stderr and "strict=True" in done.stderr
+    if cuda_works():
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith(
+        f"error: {onnx_model}: execution provider(s) CUDAExecutionProvider requested but not "
+        "in use; onnxruntime runs this model on CPUExecutionProvider."
+    )
+    assert line.endswith("(strict=True)")
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "detections.json").exists()
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("strict", [True, False])
+def test_cli_strict_flag_reaches_the_detector(onnx_model, tmp_path, monkeypatch, capsys, strict):
+    """CUDA requested where it does not work (simulated on any machine): ``--strict`` stops
+    with exit status 2 and writes nothing; without it the run goes on, on the CPU."""
+    Image.fromarray(RGB).save(tmp_path / "image.png")
+    asked = fake_provider_build(monkeypatch)
+    argv = [str(onnx_model), str(tmp_path / "image.png"), "--output", str(tmp_path / "out"),
+            "--providers", "cuda", "--threads", "1", *(["--strict"] if strict else [])]  # fmt: skip
+    with warnings.catch_warnings():  # main() silences ProviderWarning for the process
+        code = main(argv)
+
+    err = capsys.readouterr().err
+    assert asked == [[CUDA]]
+    assert "Traceback" not in err
+    if strict:
+        assert code == 2
+        assert "CUDAExecutionProvider requested but not in use" in err
+        assert err.rstrip().endswith("(strict=True)")
+        assert not (tmp_path / "out" / "detections.json").exists()
+    else:
+        assert code == 0, err
+        report = json.loads((tmp_path / "out" / "detections.json").read_text())
+        assert report["providers"] == [CPU]
+        assert "error: " not in err

@@ -16,6 +16,7 @@ from typing import Any
 
 from export.errors import ExportError
 from finetune.runs import RunNotFoundError, best_checkpoint, latest_run
+from runtime.errors import first_line
 
 __all__ = ["CheckpointSource", "LoadedCheckpoint", "load_checkpoint", "resolve_checkpoint"]
 
@@ -131,8 +132,9 @@ def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
             )
             processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{folder}: corrupt or incomplete checkpoint ({first})") from None
+        raise ExportError(
+            f"{folder}: corrupt or incomplete checkpoint ({first_line(exc)})"
+        ) from None
     missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
     if missing:
         raise ExportError(

@@ -3,6 +3,12 @@
 A model is written under a hidden temporary name in its final folder, verified there, and
 only then renamed (``os.replace``, atomic on one file system) to its final name, so a failed
 or interrupted export never leaves a file under the name a user or server would load.
+
+:func:`publish` makes the model and the files that describe it (sidecar, verification report)
+one step: everything is written and checked under temporary names first, the old
+descriptions are removed, then the model and its descriptions are renamed into place. A kill
+at any moment leaves each description either absent or describing the model beside it (both
+carry its SHA-256), never a report of another file.
 """
 
 from __future__ import annotations
@@ -10,12 +16,20 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from export.errors import ExportError, write_failure
-from runtime.files import temp_prefix
+from runtime.files import stage_bytes, temp_prefix
 
-__all__ = ["failed_report_path", "prepare_output", "report_path", "staging_path", "variant_path"]
+__all__ = [
+    "failed_report_path",
+    "prepare_output",
+    "publish",
+    "report_path",
+    "staging_path",
+    "variant_path",
+]
 
 
 def variant_path(output: Path, tag: str) -> Path:
@@ -75,3 +89,27 @@ def staging_path(final: Path) -> Path:
             return tmp
         except FileExistsError:
             continue
+
+
+def publish(
+    staged: Path, final: Path, documents: Mapping[Path, bytes], stale: Iterable[Path] = ()
+) -> None:
+    """Rename the verified ``staged`` model to ``final`` together with its ``documents``.
+
+    Order: every document is written and size-checked under a temporary name; the old
+    documents and the ``stale`` files (what described or was built from the old model) are
+    removed; the model is renamed, then each document. A failure while the documents are
+    written (a full disk) leaves the old model and its documents as they were.
+    """
+    written: list[tuple[Path, Path]] = []
+    try:
+        for target, data in documents.items():
+            written.append((stage_bytes(target, data), target))
+        for path in (*documents, *stale):
+            path.unlink(missing_ok=True)
+        os.replace(staged, final)
+        for tmp, target in written:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)

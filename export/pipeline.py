@@ -10,7 +10,6 @@ were built from the old model), so every ``model.*.onnx`` in the folder belongs 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,15 +23,17 @@ from export.errors import ExportError, VerificationError, write_failure
 from export.files import (
     failed_report_path,
     prepare_output,
+    publish,
     report_path,
     staging_path,
     variant_path,
 )
 from export.samples import VerificationImages, caller_images, dataset_images
 from finetune.runs import remove_stale_temp
-from runtime.files import atomic_write_json
+from runtime.errors import first_line
+from runtime.files import atomic_write_json, cannot_write, json_bytes
 from runtime.metadata import ModelMetadata
-from runtime.sidecar import sidecar_path, write_sidecar
+from runtime.sidecar import sidecar_document, sidecar_path
 
 __all__ = ["VARIANTS", "ExportResult", "VariantResult", "export_checkpoint"]
 
@@ -163,25 +164,20 @@ def _write_error(final: Path, exc: OSError) -> str:
     return f"{final}: cannot write the export: {what}; {kept}. Free space or choose --output"
 
 
-def _publish(tmp: Path, final: Path, report: dict[str, Any], metadata: ModelMetadata) -> None:
-    """Rename the verified file to its final name, then write its sidecar and report.
-
-    The old sidecar goes first: a kill between the steps leaves a model without a sidecar
-    (clients say so, and ``python -m runtime.sidecar`` rewrites it), never a model beside a
-    sidecar of another file.
-    """
-    sidecar_path(final).unlink(missing_ok=True)
-    os.replace(tmp, final)
-    try:
-        write_sidecar(final, metadata, verified=_verified(report, final))
-        atomic_write_json(report_path(final), report)
-    except OSError as exc:
-        raise write_failure(
-            f"{final}: written and verified, but its sidecar or report could not be written "
-            f"({exc.strerror or exc}); free space, then `python -m runtime.sidecar {final}`",
-            exc,
-        ) from None
-    failed_report_path(final).unlink(missing_ok=True)
+def _publish(
+    tmp: Path,
+    final: Path,
+    report: dict[str, Any],
+    metadata: ModelMetadata,
+    stale: Sequence[Path] = (),
+) -> None:
+    """Publish the verified file under its final name with its sidecar and report, as one step
+    (:func:`export.files.publish`). The report records the file's SHA-256 and size, as the
+    sidecar does, so either can be checked against the model beside it."""
+    sidecar = sidecar_document(tmp, metadata, verified=_verified(report, final), name=final.name)
+    report.update(sha256=sidecar["model"]["sha256"], bytes=sidecar["model"]["bytes"])
+    documents = {sidecar_path(final): json_bytes(sidecar), report_path(final): json_bytes(report)}
+    publish(tmp, final, documents, stale=[failed_report_path(final), *stale])
 
 
 def _verify(
@@ -220,15 +216,19 @@ def _reject(tmp: Path, final: Path, report: dict[str, Any]) -> Path | None:
         return None
 
 
-def _remove_stale_variants(output: Path) -> None:
-    """Variants and reports left from an earlier export were built from the model.onnx that
-    was just replaced: remove them so every file beside it belongs to it."""
+def _stale_variants(output: Path) -> list[Path]:
+    """Variants and reports of an earlier export beside ``output``: they were built from the
+    model.onnx about to be replaced, so they go in the same step (every file beside a
+    published model belongs to it)."""
+    stale = []
     for name in VARIANTS:
-        stale = variant_path(output, name)
-        for path in (stale, sidecar_path(stale), report_path(stale), failed_report_path(stale)):
+        variant = variant_path(output, name)
+        for path in (variant, sidecar_path(variant), report_path(variant)):
             if path.exists():
                 logger.info("removing %s (made from the previous %s)", path, output.name)
-                path.unlink()
+                stale.append(path)
+        stale.append(failed_report_path(variant))
+    return stale
 
 
 def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata) -> VariantResult:
@@ -248,8 +248,9 @@ def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata
                 num_decoder_layers=getattr(ctx.loaded.model.config, "decoder_layers", None),
             )
         except Exception as exc:  # any converter crash fails this variant only, not the export
-            text = str(exc).strip()
-            message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            if isinstance(exc, OSError) and cannot_write(exc):
+                raise  # a full disk is not a converter crash: exit 3 (below)
+            message = first_line(exc, with_type=True)
             report = {"model": final.name, "passed": False, "failures": [f"build: {message}"]}
             _reject(tmp, final, report)
             return VariantResult(name, None, False, report, message)
@@ -272,6 +273,8 @@ def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata
             return VariantResult(name, None, False, report, "; ".join(report["failures"]))
         _publish(tmp, final, report, meta)
         return VariantResult(name, final, True, report)
+    except OSError as exc:  # a full disk: the fp32 model is published, this variant is not
+        raise write_failure(_write_error(final, exc), exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -393,13 +396,12 @@ def export_checkpoint(
                 report,
                 where,
             )
-        _publish(tmp, final, report, metadata)
+        _publish(tmp, final, report, metadata, stale=_stale_variants(final))
     except OSError as exc:  # a full disk, a quota (exit 3), a folder removed under us (exit 2)
         raise write_failure(_write_error(final, exc), exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 
-    _remove_stale_variants(final)
     result = ExportResult(final, report, metadata)
     for name in variants:
         logger.info("building the %s variant", name)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.metrics import Boxes
+from runtime.errors import first_line
 from runtime.images import to_rgb_array
 
 __all__ = ["VerificationImages", "caller_images", "dataset_images", "synthetic_images"]
@@ -112,7 +113,7 @@ def dataset_images(
         splits = load_dataset(root)
     except (DatasetError, OSError, ValueError) as exc:
         fallback = synthetic_images(min(max_images, 8), min(calibration, 16))
-        note = f"dataset {root} of the run cannot be loaded ({str(exc).splitlines()[0]})"
+        note = f"dataset {root} of the run cannot be loaded ({first_line(exc)})"
         logger.warning("%s; verifying on generated images", note)
         fallback.notes.insert(0, note)
         return fallback

@@ -26,6 +26,7 @@ from export.parity import Detections, Tolerance, agreement, max_abs_diff
 from export.reference import Reference, median_ms
 from export.samples import VerificationImages
 from finetune.metrics import Boxes, mean_average_precision
+from runtime.errors import first_line
 from runtime.metadata import MetadataError, ModelMetadata
 
 __all__ = [
@@ -107,7 +108,7 @@ def check_graph(path: Path) -> list[str]:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        return [f"onnx.checker: {str(exc).splitlines()[0]}"]
+        return [f"onnx.checker: {first_line(exc)}"]
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
@@ -267,11 +268,10 @@ def verify_onnx(
             np.concatenate([reference.sizes[i] for i in pick]),
         )
     except (*_ort_errors(), RuntimeError) as exc:  # OpenVINO raises RuntimeError
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {
             **report,
             "passed": False,
-            "failures": [f"{runtime}: {type(exc).__name__}: {text}"],
+            "failures": [f"{runtime}: {first_line(exc, with_type=True)}"],
         }
     report["provider"] = session.get_providers()[0]
     report["latency_ms_median"] = {

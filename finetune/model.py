@@ -30,6 +30,8 @@ from transformers import (
     RTDetrResNetConfig,
 )
 
+from runtime.errors import first_line
+
 __all__ = [
     "EMBEDDED",
     "SCRATCH",
@@ -235,9 +237,7 @@ def _load_config(checkpoint: str) -> Any:
                 f"(`huggingface-cli download {checkpoint} --local-dir DIR`) and pass "
                 "--checkpoint DIR, or use --checkpoint embedded."
             ) from None
-        raise CheckpointError(
-            f"cannot load checkpoint {checkpoint!r}: {text.splitlines()[0]}"
-        ) from None
+        raise CheckpointError(f"cannot load checkpoint {checkpoint!r}: {first_line(exc)}") from None
 
 
 def load_model_and_processor(
@@ -283,8 +283,7 @@ def load_model_and_processor(
             )
         processor = AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{checkpoint}: cannot load weights ({first})") from None
+        raise CheckpointError(f"{checkpoint}: cannot load weights ({first_line(exc)})") from None
     _report_load(checkpoint, info, heads_reset=not same_labels)
     if not same_labels:
         _reset_class_heads(model)

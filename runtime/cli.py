@@ -11,7 +11,11 @@ images, unreadable video, unusable provider with ``--strict``, a video without s
 print one line and exit 2; a full disk or an unwritable output folder prints one line and
 exits 3. A video that cannot be decoded to its end keeps the frames before the damage
 (the rest are listed under ``errors``; exit status 1). ``detections.json``, annotated images
-and the annotated video are written atomically (a temporary name, then a rename).
+and the annotated video are written atomically (a temporary name, then a rename) and checked
+to be complete first: images are encoded in memory and their size checked on disk, the video
+is read back frame count and last frame. When an annotated file cannot be written (disk full),
+annotation stops, no partial file is published, the detections of every image or frame are
+still written to ``detections.json`` (the failure under ``errors``), and the run exits 3.
 
 Example:
     python -m runtime runs/exp/model.onnx photos/ --output runs/detect/photos --threshold 0.4
@@ -26,11 +30,12 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from runtime.detections import RawDetections
 from runtime.detector import Detector
@@ -38,8 +43,9 @@ from runtime.errors import ImageError, ProviderError, ProviderWarning
 from runtime.extras import MissingExtraError, import_supervision
 from runtime.files import (
     EXIT_CANNOT_WRITE,
+    IncompleteWriteError,
     atomic_path,
-    atomic_write_file,
+    atomic_write_encoded,
     atomic_write_text,
     cannot_write,
     cannot_write_message,
@@ -125,46 +131,86 @@ def _list_images(folder: Path) -> list[Path]:
     return images
 
 
-def _run_images(
-    detector: Detector,
-    paths: list[Path],
-    output: Path,
-    threshold: float,
-    timer: _Timer,
-    annotate: _Annotator,
-    errors: list[dict[str, str]],
-) -> Iterator[dict[str, Any]]:
+@dataclass
+class _Run:
+    """One CLI run's settings and what went wrong so far.
+
+    ``errors`` lists the inputs that could not be read and the outputs that could not be
+    written; ``write_error`` is the first failed write of an annotated file (disk full, no
+    permission): annotation stops there, detection goes on, ``detections.json`` is still
+    written, and the run exits 3.
+    """
+
+    detector: Detector
+    output: Path
+    threshold: float
+    timer: _Timer
+    annotate: _Annotator
+    errors: list[dict[str, str]] = field(default_factory=list)
+    write_error: OSError | None = None
+
+    def unreadable(self, path: Path, message: str) -> None:
+        logger.error("%s", message)
+        self.errors.append({"file": str(path), "error": message})
+
+    def unwritable(self, path: Path, exc: OSError) -> None:
+        """Record a failed write of the annotated ``path`` and stop annotating."""
+        if not cannot_write(exc):
+            raise exc
+        self.write_error = self.write_error or exc
+        self.annotate.enabled = False
+        self.unreadable(path, f"annotated output not written: {cannot_write_message(exc)}")
+
+
+def _save_image(image: Image.Image, path: Path) -> None:
+    """Encode in memory, then publish with a size check (Pillow's JPEG writer returns
+    normally after a short write: see runtime.files)."""
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    atomic_write_encoded(path, lambda buffer: image.save(buffer, format=fmt))
+
+
+def _check_video(path: Path, expected: int) -> None:
+    """Read the written video back: all ``expected`` frames announced and the last one
+    decodable. OpenCV's writer reports no write error; a truncated mp4 has no index."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        last = frames == expected and capture.set(cv2.CAP_PROP_POS_FRAMES, expected - 1)
+        readable = frames if last and capture.read()[0] else 0
+    finally:
+        capture.release()
+    if readable != expected:
+        raise IncompleteWriteError(path, f"{readable} of {expected} frames can be read back")
+
+
+def _run_images(run: _Run, paths: list[Path]) -> Iterator[dict[str, Any]]:
     """Detect in each image; an unreadable one is logged, added to ``errors`` and skipped."""
-    from PIL import Image
     from tqdm import tqdm
 
     for path in tqdm(paths, desc="images", unit="img", disable=len(paths) < 2):
         try:
             rgb = to_rgb_array(path)
         except ImageError as exc:
-            logger.error("%s", exc)
-            errors.append({"file": str(path), "error": str(exc)})
+            run.unreadable(path, str(exc))
             continue
-        raw = timer.detect(detector, rgb, threshold, bgr=False)
-        if annotate.enabled:
-            scene = Image.fromarray(annotate(rgb, raw))
-            atomic_write_file(output / path.name, scene.save)
+        raw = run.timer.detect(run.detector, rgb, run.threshold, bgr=False)
+        if run.annotate.enabled:
+            target = run.output / path.name
+            try:
+                _save_image(Image.fromarray(run.annotate(rgb, raw)), target)
+            except OSError as exc:
+                run.unwritable(target, exc)
         yield {"file": str(path), **raw.to_dict()}
 
 
-def _run_video(
-    detector: Detector,
-    path: Path,
-    output: Path,
-    threshold: float,
-    timer: _Timer,
-    annotate: _Annotator,
-    errors: list[dict[str, str]],
-) -> Iterator[dict[str, Any]]:
-    """Detect in each frame; the annotated video is published when the run ends (atomic).
+def _run_video(run: _Run, path: Path) -> Iterator[dict[str, Any]]:
+    """Detect in each frame; the annotated video is read back, then published (atomic).
 
     OpenCV stops at the first frame it cannot decode (a truncated or damaged file): the frames
-    before it are kept and written, and the missing ones are added to ``errors``.
+    before it are kept and written, and the missing ones are added to ``errors``. A video that
+    cannot be written completely is not published; the frames' detections still are.
     """
     from tqdm import tqdm
 
@@ -174,25 +220,29 @@ def _run_video(
     except Exception as exc:  # supervision raises a bare Exception for an unreadable video
         raise ImageError(f"{path}: cannot open video ({exc})") from None
     frames = sv.get_video_frames_generator(str(path))
+    target = run.output / f"{path.stem}.mp4"
     count = 0
-    with atomic_path(output / f"{path.stem}.mp4") as tmp, sv.VideoSink(str(tmp), info) as sink:
-        for frame in tqdm(frames, desc="frames", total=info.total_frames):
-            raw = timer.detect(detector, frame, threshold, bgr=True)
-            sink.write_frame(annotate(frame, raw))
-            yield {"frame": count, **raw.to_dict()}
-            count += 1
+    try:
+        with (
+            atomic_path(target, check=lambda tmp: _check_video(tmp, count)) as tmp,
+            sv.VideoSink(str(tmp), info) as sink,
+        ):
+            for frame in tqdm(frames, desc="frames", total=info.total_frames):
+                raw = run.timer.detect(run.detector, frame, run.threshold, bgr=True)
+                sink.write_frame(run.annotate(frame, raw))
+                yield {"frame": count, **raw.to_dict()}
+                count += 1
+    except OSError as exc:
+        run.unwritable(target, exc)
     expected = info.total_frames or 0
     if count < expected:
-        message = (
+        run.unreadable(
+            path,
             f"{path}: frames {count} to {expected - 1} could not be decoded "
-            f"(the container announces {expected}; the file is truncated or damaged)"
+            f"(the container announces {expected}; the file is truncated or damaged)",
         )
     elif count == 0:
-        message = f"{path}: no frame could be decoded"
-    else:
-        return
-    logger.error("%s", message)
-    errors.append({"file": str(path), "error": message})
+        run.unreadable(path, f"{path}: no frame could be decoded")
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
@@ -217,25 +267,18 @@ def run(args: argparse.Namespace) -> int:
     if output.resolve() == folder.resolve():
         raise ValueError(f"{output}: choose another --output, this would overwrite {source}")
     output.mkdir(parents=True, exist_ok=True)
-    timer, annotate = _Timer(), _Annotator()
-    errors: list[dict[str, str]] = []
+    run = _Run(detector, output, args.threshold, _Timer(), _Annotator())
     is_video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
     paths = [] if is_video else _list_images(source) if source.is_dir() else [source]
-    if not annotate.enabled:
-        logger.info("detections.json only, no annotated output: %s", annotate.reason)
+    if not run.annotate.enabled:
+        logger.info("detections.json only, no annotated output: %s", run.annotate.reason)
     start = time.perf_counter()
     if is_video:
-        results = list(
-            _run_video(detector, source, output, args.threshold, timer, annotate, errors)
-        )
-        unit = "frames"
+        results, unit = list(_run_video(run, source)), "frames"
     else:
-        results = list(
-            _run_images(detector, paths, output, args.threshold, timer, annotate, errors)
-        )
-        unit = "images"
-        if errors and not source.is_dir():  # one image given, and it is unreadable: exit 2
-            raise ImageError(errors[0]["error"])
+        results, unit = list(_run_images(run, paths)), "images"
+        if run.errors and not source.is_dir() and run.write_error is None:
+            raise ImageError(run.errors[0]["error"])  # one image given, and it is unreadable
     elapsed = time.perf_counter() - start
     report = {
         "model": str(args.model),
@@ -243,19 +286,21 @@ def run(args: argparse.Namespace) -> int:
         "providers": detector.providers,
         "threshold": args.threshold,
         "class_names": detector.class_names,
-        "errors": errors,
+        "errors": run.errors,
         "results": results,
     }
     _write_report(output / "detections.json", report)
-    count = len(results)
+    count, timer = len(results), run.timer
     print(
         f"{count} {unit}, {sum(len(r['scores']) for r in results)} detections -> {output}\n"
         f"{count / elapsed:.1f} FPS end to end (read, detect, annotate, write); "
         f"{timer.count / max(timer.seconds, 1e-9):.1f} FPS detector alone "
         f"(preprocess + model + threshold) on {', '.join(detector.providers)}"
     )
-    if errors:
-        what = "some frames" if is_video else f"{len(errors)} {unit}"
+    if run.write_error is not None:  # detections.json is complete; the annotated files not
+        raise run.write_error
+    if run.errors:
+        what = "some frames" if is_video else f"{len(run.errors)} {unit}"
         print(f"{what} could not be read (listed under 'errors' in detections.json)")
         return 1
     return 0

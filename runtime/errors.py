@@ -9,7 +9,28 @@ from __future__ import annotations
 from runtime.images import ImageError
 from runtime.metadata import MetadataError
 
-__all__ = ["ImageError", "MetadataError", "ModelLoadError", "ProviderError", "ProviderWarning"]
+__all__ = [
+    "ImageError",
+    "MetadataError",
+    "ModelLoadError",
+    "ProviderError",
+    "ProviderWarning",
+    "first_line",
+]
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first non-blank line of ``exc``'s message, for one-line errors.
+
+    Library messages can be empty or start with a blank line (indexing ``splitlines()[0]``
+    then raised an IndexError in place of the message): the type name stands in for an empty
+    one. ``with_type`` prefixes it (``"ValueError: bad shape"``).
+    """
+    line = next((text.strip() for text in str(exc).splitlines() if text.strip()), "")
+    name = type(exc).__name__
+    if not line:
+        return name
+    return f"{name}: {line}" if with_type else line
 
 
 class ModelLoadError(ValueError):

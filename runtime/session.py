@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from runtime.contract import INPUT_NAMES, OUTPUT_NAMES
-from runtime.errors import ModelLoadError, ProviderWarning
+from runtime.errors import ModelLoadError, ProviderWarning, first_line
 from runtime.extras import onnxruntime_builds
 from runtime.metadata import ModelMetadata
 from runtime.providers import ProviderSpec, check_providers, plan_providers
@@ -92,14 +92,9 @@ def _create_session(
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except ort_errors.InvalidProtobuf as exc:
-        raise ModelLoadError(f"{path}: not an ONNX model ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{path}: not an ONNX model ({first_line(exc)})") from None
     except _LOAD_ERRORS as exc:
-        raise ModelLoadError(f"{path}: onnxruntime cannot load it ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise ModelLoadError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
 
 
 def _check_contract(session: ort.InferenceSession, metadata: ModelMetadata, path: Path) -> None:

@@ -30,7 +30,9 @@ from runtime.metadata import MetadataError, ModelMetadata
 
 __all__ = [
     "SIDECAR_KEYS",
+    "file_sha256",
     "main",
+    "model_entry",
     "read_sidecar",
     "sidecar_document",
     "sidecar_path",
@@ -54,16 +56,27 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def sidecar_document(
-    model: str | Path, metadata: ModelMetadata, verified: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The sidecar of the ``.onnx`` file at ``model``: schema, ``model``, metadata, ``verified``."""
+def model_entry(model: str | Path, name: str | None = None) -> dict[str, Any]:
+    """``{"file", "sha256", "bytes"}`` of the file at ``model``, published as ``name`` (default
+    its own name): what the sidecar and the verification report say they describe."""
     path = Path(model)
+    return {"file": name or path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+
+def sidecar_document(
+    model: str | Path,
+    metadata: ModelMetadata,
+    verified: dict[str, Any] | None = None,
+    *,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The sidecar of the ``.onnx`` file at ``model``: schema, ``model``, metadata, ``verified``.
+
+    ``name``: the file name the model is published under, when ``model`` is still its
+    temporary file (export publishes the model, its sidecar and its report as one step).
+    """
     document = metadata.to_document()
-    head = {
-        "schema": document.pop("schema"),
-        "model": {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size},
-    }
+    head = {"schema": document.pop("schema"), "model": model_entry(model, name)}
     return {**head, **document, **({"verified": verified} if verified else {})}
 
 

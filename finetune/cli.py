@@ -243,9 +243,16 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 # How a full disk shows when a library writes: torch.save ("PytorchStreamWriter failed writing
-# file data/0: file write failed") and safetensors ("I/O error: No space left on device") raise
-# RuntimeError-like errors, not OSError.
-_WRITE_FAILURE_TEXT = ("No space left on device", "file write failed", "File too large")
+# file data/0: file write failed"; or, when the short write happens at the zip's end, "[enforce
+# fail at inline_container.cc:672] . unexpected pos 1546816 vs 1546708", measured with the
+# Trainer's optimizer.pt under a 1.5 MiB file-size limit) and safetensors ("I/O error: No
+# space left on device") raise RuntimeError-like errors, not OSError.
+_WRITE_FAILURE_TEXT = (
+    "No space left on device",
+    "file write failed",
+    "File too large",
+    "unexpected pos",
+)
 
 
 def _write_failure(exc: BaseException) -> OSError | None:

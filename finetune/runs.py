@@ -18,7 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.files import atomic_write_json, atomic_write_text, publish_mode, temp_prefix
+from runtime.files import (
+    IncompleteWriteError,
+    atomic_write_json,
+    atomic_write_text,
+    publish_mode,
+    temp_prefix,
+)
 
 __all__ = [
     "BEST_DIR",
@@ -121,10 +127,25 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
+def _check_written(folder: Path) -> None:
+    """Read back what a library wrote into ``folder`` before it is published: every JSON file
+    parses and every safetensors file is as long as its header says. A writer that returned
+    after a short write (see runtime.files) raises :class:`IncompleteWriteError` here."""
+    for path in sorted(folder.rglob("*")):
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_bytes())
+            except ValueError:
+                raise IncompleteWriteError(path, "not complete JSON") from None
+        elif path.suffix == ".safetensors" and _safetensors_truncated(path):
+            raise IncompleteWriteError(path, "shorter than its header says")
+
+
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Fill a temporary folder with ``write(tmp)`` then swap it in for ``path``.
 
-    On Linux the two folders are exchanged in one step (``renameat2``), so ``path`` is never
+    What ``write`` left is read back first (:func:`_check_written`). On Linux the two folders
+    are exchanged in one step (``renameat2``), so ``path`` is never
     absent, and a crash at any moment leaves the complete old or new folder there (plus a
     hidden ``.<name>.<pid>.*`` folder that the next run removes). Elsewhere the old folder is
     renamed to ``<path>.prev`` for the instant of the swap (``best_checkpoint`` looks at both).
@@ -135,6 +156,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     prev = path.with_name(f"{path.name}.prev")
     try:
         write(tmp)
+        _check_written(tmp)
         publish_mode(tmp, 0o777)
         if path.exists() and _exchange(tmp, path):
             pass  # tmp now holds the old folder: removed below

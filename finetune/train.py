@@ -190,12 +190,21 @@ class RunRecorder(TrainerCallback):
             )
 
     def _train_loss_since_last_eval(self, state: Any) -> float | None:
-        losses = []
-        for entry in reversed(state.log_history):
-            if "eval_loss" in entry and losses:
-                break
-            if "loss" in entry:
-                losses.append(entry["loss"])
+        """Mean train loss logged after the previous evaluation, up to this one.
+
+        None where no loss was logged in between (``logging_steps`` longer than the
+        evaluation interval): curves.png then shows a gap. Searching back past the previous
+        evaluation repeated an older value and drew the train loss as a step function.
+        """
+        step = state.global_step
+        previous = max(
+            (e["step"] for e in self.summary["epochs"] if e.get("step", -1) < step), default=-1
+        )
+        losses = [
+            e["loss"]
+            for e in state.log_history
+            if "loss" in e and previous < e.get("step", -1) <= step
+        ]
         return float(np.mean(losses)) if losses else None
 
     def on_evaluate(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:

@@ -13,17 +13,16 @@ adds the batch axis itself when ``max_batch_size > 0``) and turns on dynamic bat
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 from export.contract import INPUTS, OUTPUTS, TensorSpec
 from export.errors import ExportError, write_failure
-from export.files import staging_path
-from runtime.files import atomic_write_text
+from export.files import publish, staging_path
+from runtime.files import atomic_write_text, json_bytes
 from runtime.metadata import ModelMetadata
-from runtime.sidecar import sidecar_path, write_sidecar
+from runtime.sidecar import sidecar_document, sidecar_path
 
 __all__ = ["check_triton_options", "triton_config", "write_triton_repository"]
 
@@ -97,15 +96,15 @@ def write_triton_repository(
         for place in (folder, folder / "1"):  # what a killed export left (its PID is gone)
             remove_stale_temp(place)
         final = folder / "1" / "model.onnx"
+        source = sidecar_path(model)  # the sidecar travels with the model, "verified" kept
+        verified = json.loads(source.read_text()).get("verified") if source.is_file() else None
         tmp = staging_path(final)
         try:
             shutil.copyfile(model, tmp)
-            os.replace(tmp, final)
+            sidecar = sidecar_document(tmp, metadata, verified=verified, name=final.name)
+            publish(tmp, final, {sidecar_path(final): json_bytes(sidecar)})  # one step
         finally:
             tmp.unlink(missing_ok=True)
-        source = sidecar_path(model)  # the sidecar travels with the model, "verified" kept
-        verified = json.loads(source.read_text()).get("verified") if source.is_file() else None
-        write_sidecar(final, metadata, verified=verified)
         atomic_write_text(folder / "config.pbtxt", triton_config(name, metadata, max_batch_size))
     except OSError as exc:
         raise write_failure(f"cannot write the Triton repository {folder}: {exc}", exc) from None

@@ -258,7 +258,7 @@ def test_failed_parity_leaves_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when", ["writing the graph", "writing the sidecar"])
+@pytest.mark.parametrize("when", ["writing the graph", "writing the sidecar and report"])
 def test_full_disk_is_a_clear_error_and_keeps_the_old_model(
     tiny_checkpoint: Path,
     tmp_path: Path,
@@ -268,28 +268,24 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_model(
 ) -> None:
     import errno
 
+    import export.files as files
     import export.onnx_export as onnx_export
-    import export.pipeline as pipeline
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if when == "writing the graph":
         monkeypatch.setattr(onnx_export, "trace_to_onnx", full)
-    else:
-        monkeypatch.setattr(pipeline, "write_sidecar", full)
+    else:  # the model, its sidecar and its report are published as one step
+        monkeypatch.setattr(files, "stage_bytes", full)
     output = tmp_path / "model.onnx"
     output.write_bytes(b"previous good model")
     # exit status 3: the fix is disk space, not other input (2) or the model (1)
     assert main(["--checkpoint", str(tiny_checkpoint), "--output", str(output), *FAST]) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and "No space left on device" in err
-    if when == "writing the graph":
-        assert "the existing model.onnx was not replaced" in err
-        assert output.read_bytes() == b"previous good model"
-    else:  # published and verified; only the sidecar is missing, and the fix is named
-        assert "written and verified, but its sidecar" in err and "runtime.sidecar" in err
-        assert output.read_bytes() != b"previous good model"
+    assert "the existing model.onnx was not replaced" in err
+    assert output.read_bytes() == b"previous good model"
     assert not list(tmp_path.glob(".model.*"))  # no staging file left
 
 

@@ -11,6 +11,7 @@ pre-training is distinct from a custom dataset.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from finetune.runs import remove_stale_temp, temp_prefix
+from runtime.files import write_checked
 
 __all__ = ["SPECS", "SyntheticSpec", "default_dataset_dir", "generate_dataset"]
 
@@ -214,7 +216,9 @@ def _write_split(spec: SyntheticSpec, split: str, count: int, folder: Path, seed
     for i in range(count):
         img, objects = _render(spec, rng)
         file_name = f"{split}_{i:05d}.jpg"
-        img.save(folder / file_name, quality=92)
+        encoded = io.BytesIO()  # in memory, then size-checked (see runtime.files)
+        img.save(encoded, format="JPEG", quality=92)
+        write_checked(folder / file_name, encoded.getvalue())
         images.append({"id": i, "file_name": file_name, "width": img.width, "height": img.height})
         for cls, bbox in objects:
             annotations.append(
@@ -234,7 +238,7 @@ def _write_split(spec: SyntheticSpec, split: str, count: int, folder: Path, seed
         "annotations": annotations,
         "categories": categories,
     }
-    (folder / "_annotations.coco.json").write_text(json.dumps(coco))
+    write_checked(folder / "_annotations.coco.json", json.dumps(coco).encode())
 
 
 def generate_dataset(

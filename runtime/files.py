@@ -42,6 +42,7 @@ __all__ = [
     "stage_bytes",
     "staged_path",
     "temp_prefix",
+    "write_checked",
 ]
 
 # Exit status of every command (finetune, export, runtime) when the disk is full or a folder
@@ -160,7 +161,11 @@ def atomic_write_file(
     return Path(path)
 
 
-def _write_checked(tmp: Path, data: bytes, path: str | Path) -> None:
+def write_checked(tmp: Path, data: bytes, path: str | Path | None = None) -> None:
+    """Write ``data`` to ``tmp`` and check that all of it reached the file (no rename, no
+    fsync: for files inside a folder that is itself published atomically). ``path``: the
+    name to give in the error, default ``tmp``."""
+    path = tmp if path is None else path
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -173,14 +178,14 @@ def stage_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path`` (size checked, flushed) and return
     it, not renamed: for publishing several files as one step."""
     with staged_path(path) as tmp:
-        _write_checked(tmp, data, path)
+        write_checked(tmp, data, path)
     return tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; the file's size is checked before the rename."""
     with atomic_path(path) as tmp:
-        _write_checked(tmp, data, path)
+        write_checked(tmp, data, path)
     return Path(path)
 
 

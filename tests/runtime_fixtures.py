@@ -178,3 +178,46 @@ def fake_provider_build(
     monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(runtime.providers, "nvidia_driver_present", lambda: driver)
     return asked
+
+
+def box_outline(shape: tuple[int, int], boxes: Any) -> np.ndarray:
+    """A mask of the one-pixel outlines of ``boxes`` (xyxy pixels), the parts inside ``shape``.
+
+    Coordinates are truncated to integers, as supervision's ``BoxAnnotator`` draws them.
+    """
+    height, width = shape
+    mask = np.zeros(shape, dtype=bool)
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4).astype(int):
+        left, right = max(x0, 0), min(x1, width - 1)
+        top, bottom = max(y0, 0), min(y1, height - 1)
+        if left > right or top > bottom:
+            continue  # entirely outside the image
+        for y in (y0, y1):
+            if 0 <= y < height:
+                mask[y, left : right + 1] = True
+        for x in (x0, x1):
+            if 0 <= x < width:
+                mask[top : bottom + 1, x] = True
+    return mask
+
+
+def assert_annotated(
+    path: Path, source: np.ndarray, boxes: Any, *, tolerance: int = 0, drawn: float = 0.9
+) -> None:
+    """``path`` decodes fully to ``source`` with ``boxes`` drawn on it.
+
+    The decoded picture has the size of ``source``; at least a fraction ``drawn`` of the
+    pixels on the outlines of the boxes differ from ``source`` by more than ``tolerance``
+    (0 for PNG; JPEG needs some); without boxes no pixel differs by more than ``tolerance``.
+    """
+    with Image.open(path) as image:
+        image.load()  # decode everything: a truncated file fails here, not on the header
+        picture = np.asarray(image.convert("RGB"))
+    assert picture.shape == source.shape, (path, picture.shape, source.shape)
+    changed = np.abs(picture.astype(np.int16) - source.astype(np.int16)).max(axis=2) > tolerance
+    outline = box_outline(source.shape[:2], boxes)
+    if not outline.any():
+        assert not changed.any(), f"{path}: {changed.sum()} pixels changed, no box to draw"
+        return
+    share = float(changed[outline].mean())
+    assert share >= drawn, f"{path}: only {share:.0%} of the box outlines were drawn"

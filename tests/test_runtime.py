@@ -24,6 +24,7 @@ from cuda_probe import cuda_works
 from PIL import Image
 from runtime_fixtures import (
     TORCH_FREE,
+    assert_annotated,
     assert_close,
     assert_same,
     fake_provider_build,
@@ -571,7 +572,9 @@ def test_cli_folder_of_images(onnx_model, tmp_path, capsys):
     first = report["results"][0]
     assert len(first["boxes"]) == len(first["scores"]) == len(first["class_names"]) > 0
     assert first["image_size"] == [90, 120]
-    assert Image.open(output / "p0.png").size == (120, 90)
+    for i, result in enumerate(report["results"]):  # PNG: lossless, so exact pixels
+        assert_annotated(output / f"p{i}.png", np.asarray(Image.open(source / f"p{i}.png")),
+                         result["boxes"])  # fmt: skip
     assert "FPS" in capsys.readouterr().out
 
 
@@ -634,29 +637,6 @@ def test_cli_damaged_video_keeps_the_frames_before_the_damage(onnx_model, tmp_pa
     capture.release()
     assert sorted(p.name for p in output.iterdir()) == ["clip.mp4", "detections.json"]
     assert "some frames could not be read" in capsys.readouterr().out
-
-
-@pytest.mark.model
-def test_cli_full_disk_is_one_line_exit_3_and_leaves_no_temporary_file(onnx_model, tmp_path):
-    """A real failing write (a file-size limit on the process, as a full disk fails it): one
-    line naming the folder, exit status 3, no half-written file under any name."""
-    from fault_factory import file_size_limit
-
-    source = tmp_path / "photos"
-    source.mkdir()
-    for i in range(2):
-        Image.fromarray(photo(240, 320, seed=i)).save(source / f"p{i}.png")
-    output = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime", str(onnx_model), str(source), "--output", str(output),
-         "--providers", "cpu", "--threads", "1", "--threshold", "0.0"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120, preexec_fn=file_size_limit(4096),
-    )  # fmt: skip
-    assert done.returncode == 3, done.stderr
-    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
-    assert f"cannot write in {output}: File too large; free disk space" in line
-    assert "Traceback" not in done.stderr
-    assert list(output.iterdir()) == []
 
 
 @pytest.mark.model

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fixtures import match_detections
+from runtime_fixtures import assert_annotated, match_detections
 
 from runtime import Detector
 from runtime.extras import MissingExtraError
+from runtime.images import to_rgb_array
 from runtime.sidecar import read_sidecar, sidecar_path
 
 HAS_SUPERVISION = importlib.util.find_spec("supervision") is not None
@@ -106,3 +107,10 @@ def test_cli_folder_reports_the_broken_image_and_writes_the_rest(detector, folde
         assert {k: v for k, v in result.items() if k != "file"} == raw.to_dict()
     annotated = sorted(p.name for p in output.iterdir() if p.name != "detections.json")
     assert annotated == (READABLE if HAS_SUPERVISION else [])
+    for result in report["results"] if HAS_SUPERVISION else []:
+        name = Path(result["file"]).name
+        # the decoded input (EXIF-rotated, alpha and gray made RGB) with the boxes drawn;
+        # JPEG is re-encoded, so its pixels move a little everywhere
+        tolerance = 16 if name.endswith(".jpg") else 0
+        source = to_rgb_array(folder / "images" / name)
+        assert_annotated(output / name, source, result["boxes"], tolerance=tolerance)

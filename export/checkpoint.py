@@ -104,21 +104,26 @@ def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
 
     Raises:
         ExportError: The folder is missing, a file is missing or corrupt, the model is not
-            RT-DETR, or weights are missing from ``model.safetensors``.
+            of an exportable family, or weights are missing from ``model.safetensors``.
     """
     from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-    from finetune.model import SUPPORTED_MODEL_TYPES
+    from finetune.families import FAMILIES, UnknownFamilyError, family_of
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"checkpoint folder {folder} does not exist")
     config = _read_json(folder / "config.json", "model config")
-    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+    try:
+        family = family_of(config.get("model_type"))
+    except UnknownFamilyError as exc:
+        raise ExportError(f"{folder / 'config.json'}: {exc}") from None
+    if not family.exportable:
         raise ExportError(
-            f"{folder / 'config.json'}: model_type {config.get('model_type')!r} is not RT-DETR "
-            f"(expected one of {', '.join(SUPPORTED_MODEL_TYPES)})"
+            f"{folder / 'config.json'}: {family.title} ({family.model_type}) fine-tunes here, "
+            "but its ONNX export is not verified yet, so it is not exported; exportable: "
+            + ", ".join(f.model_type for f in FAMILIES.values() if f.exportable)
         )
     _read_json(
         folder / "preprocessor_config.json",

@@ -53,9 +53,11 @@ class FinetuneArguments:
     checkpoint: str = field(
         default="embedded",
         metadata={
-            "help": "'embedded' (small model, CPU-friendly, warm-started), 'scratch' (the "
-            "same model, random init), a hub id such as "
-            "PekingU/rtdetr_r50vd_coco_o365, or a local checkpoint folder."
+            "help": "'embedded' (small RT-DETR, CPU-friendly, warm-started), 'scratch' (the "
+            "same model, random init), 'scratch:FAMILY' (a small model of FAMILY, random "
+            "init: rt_detr, rt_detr_v2, d_fine, deimv2, rf_detr), a hub id such as "
+            "PekingU/rtdetr_r50vd_coco_o365 or ustc-community/dfine-small-coco, or a local "
+            "checkpoint folder of any of those families."
         },
     )
     image_size: int | None = field(
@@ -68,6 +70,23 @@ class FinetuneArguments:
     plot_threshold: float = field(
         default=0.5, metadata={"help": "Confidence threshold of the pictures (not of mAP)."}
     )
+
+
+# The small CPU models (embedded, scratch, scratch:FAMILY).
+# 2 epochs (600 steps): the first run has to finish in 10 minutes on a 2-core AVX2 machine.
+# Measured on Zen 4 (AVX-512), 2 threads, dataset generated fresh, embedded RT-DETR: 4 epochs
+# 9.7 min, test mAP50:95 0.925; 3 epochs at batch 8 5.9 min, 0.898; 2 epochs 4.7 min, 0.891;
+# 1 epoch 2.5 min, 0.863. The same machine limited to AVX2 kernels trains 1.2x slower; an
+# older version was 1.7x slower on Zen 3. Batch 8 trains 25% more images per second (12.7 vs
+# 10.2) but learns less per image at this budget; loading and augmenting a batch of 4 takes
+# 12 ms of its 393 ms step, so DataLoader workers would gain at most 3% and cost a core.
+_SMALL_MODEL = {
+    "num_train_epochs": 2,
+    "learning_rate": 5e-4,
+    "warmup_steps": 100,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 16,
+}
 
 
 def training_defaults(checkpoint: str) -> dict[str, Any]:
@@ -90,25 +109,15 @@ def training_defaults(checkpoint: str) -> dict[str, Any]:
         "dataloader_pin_memory": torch.cuda.is_available(),
         "seed": 0,
     }
+    if checkpoint.startswith("scratch:"):  # a small model of another family, random init
+        return {**common, **_SMALL_MODEL}
     if checkpoint in ("embedded", "scratch"):
         return {
             **common,
             # Every parameter of this architecture takes part in each training step (tested
             # under torchrun): DDP can skip its search for unused ones (no effect without DDP).
             "ddp_find_unused_parameters": False,
-            # 2 epochs (600 steps): the first run has to finish in 10 minutes on a 2-core
-            # AVX2 machine. Measured on Zen 4 (AVX-512), 2 threads, dataset generated fresh:
-            # 4 epochs 9.7 min, test mAP50:95 0.925; 3 epochs at batch 8 5.9 min, 0.898;
-            # 2 epochs 4.7 min, 0.891; 1 epoch 2.5 min, 0.863. The same machine limited to
-            # AVX2 kernels trains 1.2x slower; an older version was 1.7x slower on Zen 3.
-            # Batch 8 trains 25% more images per second (12.7 vs 10.2) but learns less per
-            # image at this budget; loading and augmenting a batch of 4 takes 12 ms of its
-            # 393 ms step, so DataLoader workers would gain at most 3% and cost a core.
-            "num_train_epochs": 2,
-            "learning_rate": 5e-4,
-            "warmup_steps": 100,
-            "per_device_train_batch_size": 4,
-            "per_device_eval_batch_size": 16,
+            **_SMALL_MODEL,
         }
     return {
         **common,
@@ -431,6 +440,7 @@ def _train_and_report(
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
     from finetune.evaluate import evaluate_dataset
+    from finetune.families import family_of
     from finetune.report import plot_confusion_matrix, plot_curves, plot_predictions
     from finetune.runs import (
         BEST_DIR,
@@ -439,7 +449,7 @@ def _train_and_report(
         atomic_write_json,
         best_checkpoint,
     )
-    from finetune.train import IGNORE_KEYS, build_trainer
+    from finetune.train import build_trainer
     from runtime.images import to_rgb_array
 
     summary: dict[str, Any] = {
@@ -448,6 +458,7 @@ def _train_and_report(
         "classes": splits.classes,
         "dataset_notes": splits.notes,
         "checkpoint": ours.checkpoint,
+        "model_type": model.config.model_type,
         "image_size": dict(processor.size),
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "training_args": asdict(ours),
@@ -458,7 +469,8 @@ def _train_and_report(
         summary = {**_previous_summary(run_dir / "metrics.json"), **summary}
     trainer = build_trainer(model, processor, splits, targs, run_dir, summary, resumed=resumed)
     trainer.train(
-        resume_from_checkpoint=targs.resume_from_checkpoint, ignore_keys_for_eval=IGNORE_KEYS
+        resume_from_checkpoint=targs.resume_from_checkpoint,
+        ignore_keys_for_eval=family_of(model.config).ignore_keys(),
     )
     if not trainer.is_world_process_zero():
         return 0  # the main process scores the test split and writes the report, once

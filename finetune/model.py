@@ -30,6 +30,7 @@ from transformers import (
     RTDetrResNetConfig,
 )
 
+from finetune.families import FAMILIES, Family, UnknownFamilyError, family_of
 from runtime.errors import first_line
 
 __all__ = [
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 SCRATCH = "scratch"
 WARMSTART_DIR = Path(__file__).parent / "assets" / "warmstart"
-SUPPORTED_MODEL_TYPES = ("rt_detr", "rt_detr_v2")
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
 class CheckpointError(RuntimeError):
@@ -106,35 +107,47 @@ def small_processor(image_size: int = 192) -> RTDetrImageProcessor:
     )
 
 
-def _reset_class_heads(model: PreTrainedModel) -> None:
-    """Re-initialise every classification layer (encoder, decoder, denoising) for new labels."""
-    num_labels, d_model = model.config.num_labels, model.config.d_model
+def _reset_class_heads(model: PreTrainedModel, family: Family) -> None:
+    """Re-initialise every classification layer of ``family`` (encoder, decoder, denoising)
+    for the model's ``num_labels``.
+
+    Layers that share their weights (RT-DETRv2 and D-FINE tie a top-level ``class_embed`` to
+    the decoder's) get one new layer, set at every place the old one was, so no stale copy
+    of the old classes is left behind.
+    """
+    num_labels = model.config.num_labels
     prior = float(
         getattr(model.config, "initializer_bias_prior_prob", None) or 1 / (num_labels + 1)
     )
     bias = float(-torch.log(torch.tensor((1 - prior) / prior)))
 
-    def fresh() -> torch.nn.Linear:
-        layer = torch.nn.Linear(d_model, num_labels)
+    def fresh(old: torch.nn.Linear) -> torch.nn.Linear:
+        layer = torch.nn.Linear(old.in_features, num_labels)
         torch.nn.init.xavier_uniform_(layer.weight)
         torch.nn.init.constant_(layer.bias, bias)
         return layer
 
-    inner = model.model
-    inner.enc_score_head = fresh()
-    inner.decoder.class_embed = torch.nn.ModuleList(fresh() for _ in inner.decoder.class_embed)
-    if getattr(inner, "denoising_class_embed", None) is not None:
-        inner.denoising_class_embed = torch.nn.Embedding(
-            num_labels + 1, inner.denoising_class_embed.embedding_dim, padding_idx=num_labels
-        )
-    # RT-DETR v2 keeps a top-level ``class_embed`` tied to the decoder's: point it at the new
-    # heads instead of leaving a stale copy of the old ones.
-    if isinstance(getattr(model, "class_embed", None), torch.nn.ModuleList):
-        model.class_embed = inner.decoder.class_embed
+    def replacement(old: torch.nn.Module) -> torch.nn.Module:
+        if isinstance(old, torch.nn.Embedding):  # denoising labels, plus one padding label
+            return torch.nn.Embedding(num_labels + 1, old.embedding_dim, padding_idx=num_labels)
+        if isinstance(old, torch.nn.ModuleList):
+            return torch.nn.ModuleList(fresh(layer) for layer in old)
+        return fresh(old)
+
+    new: dict[tuple[int, ...], torch.nn.Module] = {}  # by the identity of the old weights
+    for path, old in list(model.named_modules(remove_duplicate=False)):
+        parent, _, name = path.rpartition(".")
+        if name not in family.class_heads:
+            continue
+        key = tuple(id(p) for p in old.parameters()) or (id(old),)
+        if key not in new:
+            new[key] = replacement(old)
+        setattr(model.get_submodule(parent), name, new[key])
 
 
-# Every classification layer of RT-DETR (v1 and v2): re-initialised for the dataset's classes.
-CLASS_HEAD_KEY = re.compile(r"(^|\.)(enc_score_head|class_embed|denoising_class_embed)(\.|$)")
+def class_head_key(family: Family) -> re.Pattern[str]:
+    """Weight names of ``family``'s classification layers (re-initialised for the dataset)."""
+    return re.compile(rf"(^|\.)({'|'.join(map(re.escape, family.class_heads))})(\.|$)")
 
 
 class _HoldLoadReport(logging.Filter):
@@ -178,9 +191,12 @@ def _names(keys: list[str], limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def _report_load(checkpoint: str, info: dict[str, Any], *, heads_reset: bool) -> None:
+def _report_load(
+    checkpoint: str, info: dict[str, Any], family: Family, *, heads_reset: bool
+) -> None:
     """A warning per real loading problem: class-head keys do not count when the heads are
     re-initialised for new classes anyway (``heads_reset``)."""
+    heads = class_head_key(family)
     mismatched = [k for k, *_ in info.get("mismatched_keys", ())]
     problems = {
         "missing from the checkpoint (left at their initial values)": info.get("missing_keys"),
@@ -188,7 +204,7 @@ def _report_load(checkpoint: str, info: dict[str, Any], *, heads_reset: bool) ->
         "of another shape in the checkpoint (re-initialised)": mismatched,
     }
     for what, keys in problems.items():
-        other = [k for k in keys or () if not (heads_reset and CLASS_HEAD_KEY.search(k))]
+        other = [k for k in keys or () if not (heads_reset and heads.search(k))]
         if other:
             logger.warning("%s: %d weight(s) %s: %s", checkpoint, len(other), what, _names(other))
 
@@ -240,6 +256,13 @@ def _load_config(checkpoint: str) -> Any:
         raise CheckpointError(f"cannot load checkpoint {checkpoint!r}: {first_line(exc)}") from None
 
 
+def _family(checkpoint: str, model_type: str) -> Family:
+    try:
+        return family_of(model_type)
+    except UnknownFamilyError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}") from None
+
+
 def load_model_and_processor(
     checkpoint: str,
     id2label: dict[int, str],
@@ -248,7 +271,11 @@ def load_model_and_processor(
 ) -> tuple[PreTrainedModel, Any]:
     """Return ``(model, image_processor)`` for ``checkpoint`` with a head for ``id2label``.
 
-    ``image_size`` overrides the processor's square input size (None keeps the checkpoint's).
+    ``checkpoint``: ``embedded`` (the warm-started small RT-DETR), ``scratch`` (the same
+    architecture, random init), ``scratch:FAMILY`` (a small architecture of any family in
+    :data:`finetune.families.FAMILIES`, random init), a local folder or a hub id of any of
+    those families. ``image_size`` overrides the processor's square input size (None keeps
+    the checkpoint's).
     """
     label2id = {v: int(k) for k, v in id2label.items()}
     if checkpoint == EMBEDDED and (WARMSTART_DIR / "config.json").is_file():
@@ -262,13 +289,13 @@ def load_model_and_processor(
             )
         model = RTDetrForObjectDetection(small_config(id2label))
         return model, small_processor(image_size or 192)
+    if checkpoint.startswith(f"{SCRATCH}:"):
+        family = _family(checkpoint, checkpoint.partition(":")[2])
+        model = family.model(family.scratch_config(id2label))
+        return model, family.scratch_processor(image_size or family.scratch_size)
 
     config = _load_config(checkpoint)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(
-            f"{checkpoint}: model_type {config.model_type!r} is not RT-DETR "
-            f"(expected one of {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+    family = _family(checkpoint, config.model_type)
     same_labels = {int(k): v for k, v in config.id2label.items()} == dict(id2label)
     try:
         with _load_report_held():
@@ -284,9 +311,9 @@ def load_model_and_processor(
         processor = AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{checkpoint}: cannot load weights ({first_line(exc)})") from None
-    _report_load(checkpoint, info, heads_reset=not same_labels)
+    _report_load(checkpoint, info, family, heads_reset=not same_labels)
     if not same_labels:
-        _reset_class_heads(model)
+        _reset_class_heads(model, family)
         _log_head_reset(id2label)
     if image_size is not None:
         processor.size = {"height": image_size, "width": image_size}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.models.rt_detr.modeling_rt_detr import RTDetrObjectDetectionOutput
 
 from finetune.data import DetectionTorchDataset, collate_fn, train_transform, valid_transform
 
@@ -31,7 +29,6 @@ from finetune.runs import (
 )
 
 __all__ = [
-    "IGNORE_KEYS",
     "DetectionTrainer",
     "MapEvaluator",
     "RunRecorder",
@@ -40,15 +37,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("finetune")
-
-# Everything but logits and boxes is dropped from evaluation outputs (memory, and a fixed
-# (logits, pred_boxes) layout for compute_metrics).
-IGNORE_KEYS = [
-    f.name
-    for f in dataclasses.fields(RTDetrObjectDetectionOutput)
-    if f.name not in ("loss", "logits", "pred_boxes")
-]
-
 
 # The Trainer pads tensors gathered across processes with this value (``padding_index``).
 PAD = -100

@@ -67,7 +67,7 @@ def test_hub_id_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
         (lambda p: (p / "config.json").write_text("{not json"), "cannot load checkpoint"),
         (
             lambda p: (p / "config.json").write_text(json.dumps({"model_type": "bert"})),
-            "not RT-DETR",
+            "'bert' is not a supported real-time DETR",
         ),
         (lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 64), "cannot load"),
     ],

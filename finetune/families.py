@@ -1,0 +1,275 @@
+"""One declarative record per real-time DETR family, looked up by ``config.model_type``.
+
+transformers ships RT-DETR and its successors behind one API: each predicts ``logits`` and
+normalised cxcywh ``pred_boxes`` over queries and takes the same targets, so the Trainer, the
+evaluation, the deploy post-processing and the exported contract are shared. What differs per
+family lives here and nowhere else (timm keeps a ``default_cfgs`` table per architecture; this
+is our equivalent): the model class, which layers classify (re-initialised for a dataset's
+classes), the evaluation outputs to drop, the public checkpoints, and a small architecture
+that trains on a 2-core CPU (``--checkpoint scratch:FAMILY``).
+
+Adding a family means adding one :class:`Family` to :data:`FAMILIES` and its tests.
+LW-DETR is not listed: its default configuration fails in ``forward`` (``torch.cat`` of an
+empty list, transformers 5.24) and no public checkpoint was at hand to take a working one
+from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FAMILIES", "Family", "UnknownFamilyError", "family_of"]
+
+# Outputs every family's evaluation keeps; everything else is dropped (memory, and a fixed
+# (logits, pred_boxes) layout for compute_metrics).
+KEPT_OUTPUTS = ("loss", "logits", "pred_boxes")
+
+
+class UnknownFamilyError(ValueError):
+    """A ``model_type`` that is not one of :data:`FAMILIES`."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What is specific to one family of real-time DETRs.
+
+    Attributes:
+        model_type: ``config.model_type``, the key.
+        title: The family's name as its authors write it.
+        model_class: The transformers ``*ForObjectDetection`` class name.
+        output_class: ``module:Class`` of its output dataclass (the evaluation outputs).
+        class_heads: Attribute names of every classification layer (a ``Linear``, a
+            ``ModuleList`` of them, or the denoising label ``Embedding``), re-initialised
+            when a dataset has other classes than the checkpoint.
+        hub_ids: Public checkpoints of the family in transformers' format, as named on the
+            hub (Dec 2026). They need the hub: offline they fail with the clear error of
+            ``finetune.model``.
+        scratch_config: ``id2label -> config``: a small architecture for a 2-core CPU.
+        scratch_processor: ``image size -> image processor`` of that architecture.
+        scratch_size: Its square input size in pixels.
+        exportable: ``python -m export`` takes it: its exported graph passes verification.
+            Off for D-FINE, DEIMv2 (their graph was measured wrong: logits off by 3.0 on
+            the trace input itself) and RF-DETR (``aten::_upsample_bicubic2d_aa`` has no
+            ONNX export at opset 17) until their export is fixed.
+    """
+
+    model_type: str
+    title: str
+    model_class: str
+    output_class: str
+    class_heads: tuple[str, ...]
+    hub_ids: tuple[str, ...]
+    scratch_config: Callable[[dict[int, str]], Any]
+    scratch_processor: Callable[[int], Any]
+    scratch_size: int = 192
+    exportable: bool = False
+
+    def model(self, config: Any) -> Any:
+        """A randomly initialised model of this family for ``config``."""
+        import transformers
+
+        return getattr(transformers, self.model_class)(config)
+
+    def ignore_keys(self) -> list[str]:
+        """The output fields the Trainer drops from evaluation (all but loss, logits, boxes)."""
+        module, name = self.output_class.split(":")
+        output = getattr(importlib.import_module(module), name)
+        return [f.name for f in dataclasses.fields(output) if f.name not in KEPT_OUTPUTS]
+
+
+def _labels(id2label: dict[int, str]) -> dict[str, Any]:
+    return {
+        "id2label": {int(k): v for k, v in id2label.items()},
+        "label2id": {v: int(k) for k, v in id2label.items()},
+    }
+
+
+# The hybrid-encoder families share the encoder/decoder sizes of the embedded RT-DETR
+# (finetune.model.small_config): d_model 128, one encoder layer, three decoder layers,
+# 100 queries, batch norms that train.
+_HYBRID = {
+    "freeze_backbone_batch_norms": False,
+    "encoder_in_channels": [64, 128, 256],
+    "feat_strides": [8, 16, 32],
+    "encoder_hidden_dim": 128,
+    "encoder_layers": 1,
+    "encoder_ffn_dim": 512,
+    "encoder_attention_heads": 8,
+    "d_model": 128,
+    "decoder_in_channels": [128, 128, 128],
+    "decoder_ffn_dim": 512,
+    "decoder_layers": 3,
+    "decoder_attention_heads": 8,
+    "num_feature_levels": 3,
+    "num_queries": 100,
+    "num_denoising": 50,
+}
+
+
+def _rt_detr(id2label: dict[int, str]) -> Any:
+    from finetune.model import small_config
+
+    return small_config(id2label)
+
+
+def _rt_detr_v2(id2label: dict[int, str]) -> Any:
+    from transformers import RTDetrV2Config
+
+    from finetune.model import basic_resnet
+
+    return RTDetrV2Config(backbone_config=basic_resnet(32, 1), **_HYBRID, **_labels(id2label))
+
+
+def _hgnet() -> Any:
+    """A small HGNetV2 (D-FINE-N-like stem and stages, narrower): channels 64/128/256 out."""
+    from transformers import HGNetV2Config
+
+    return HGNetV2Config(
+        stem_channels=[3, 16, 16],
+        stage_in_channels=[16, 64, 64, 128],
+        stage_mid_channels=[16, 32, 48, 64],
+        stage_out_channels=[64, 64, 128, 256],
+        hidden_sizes=[64, 64, 128, 256],  # what the detector reads as the stages' widths
+        stage_num_blocks=[1, 1, 1, 1],
+        stage_numb_of_layers=[3, 3, 3, 3],
+        stage_downsample=[False, True, True, True],
+        stage_light_block=[False, False, True, True],
+        stage_kernel_size=[3, 3, 5, 5],
+        out_features=["stage2", "stage3", "stage4"],
+    )
+
+
+def _d_fine(id2label: dict[int, str]) -> Any:
+    from transformers import DFineConfig
+
+    return DFineConfig(backbone_config=_hgnet(), **_HYBRID, **_labels(id2label))
+
+
+def _deimv2(id2label: dict[int, str]) -> Any:
+    from transformers import Deimv2Config
+
+    return Deimv2Config(backbone_config=_hgnet(), **_HYBRID, **_labels(id2label))
+
+
+def _rf_detr(id2label: dict[int, str]) -> Any:
+    """A small windowed DINOv2 (4 layers of width 96, patch 16) under RF-DETR's decoder."""
+    from transformers import RfDetrConfig
+    from transformers.models.rf_detr.configuration_rf_detr import RfDetrDinov2Config
+
+    backbone = RfDetrDinov2Config(
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=192,
+        patch_size=16,
+        num_windows=2,
+        window_block_indexes=[0, 2],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    return RfDetrConfig(
+        backbone_config=backbone,
+        d_model=128,
+        decoder_ffn_dim=512,
+        decoder_layers=3,
+        decoder_self_attention_heads=4,
+        decoder_cross_attention_heads=8,
+        num_queries=100,
+        group_detr=4,
+        **_labels(id2label),
+    )
+
+
+def _rtdetr_processor(size: int) -> Any:
+    """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, no normalisation."""
+    from transformers import RTDetrImageProcessor
+
+    return RTDetrImageProcessor(
+        size={"height": size, "width": size}, do_normalize=False, do_pad=False
+    )
+
+
+def _rfdetr_processor(size: int) -> Any:
+    """RF-DETR's: square bilinear resize, rescale 1/255, ImageNet mean/std (its DINOv2)."""
+    from transformers import RfDetrImageProcessor
+
+    return RfDetrImageProcessor(size={"height": size, "width": size}, do_pad=False)
+
+
+_HYBRID_HEADS = ("enc_score_head", "class_embed", "denoising_class_embed")
+
+FAMILIES: dict[str, Family] = {
+    family.model_type: family
+    for family in (
+        Family(
+            "rt_detr",
+            "RT-DETR",
+            "RTDetrForObjectDetection",
+            "transformers.models.rt_detr.modeling_rt_detr:RTDetrObjectDetectionOutput",
+            _HYBRID_HEADS,
+            ("PekingU/rtdetr_r18vd", "PekingU/rtdetr_r50vd", "PekingU/rtdetr_r50vd_coco_o365"),
+            _rt_detr,
+            _rtdetr_processor,
+            exportable=True,
+        ),
+        Family(
+            "rt_detr_v2",
+            "RT-DETRv2",
+            "RTDetrV2ForObjectDetection",
+            "transformers.models.rt_detr_v2.modeling_rt_detr_v2:RTDetrV2ObjectDetectionOutput",
+            _HYBRID_HEADS,
+            ("PekingU/rtdetr_v2_r18vd", "PekingU/rtdetr_v2_r50vd"),
+            _rt_detr_v2,
+            _rtdetr_processor,
+            exportable=True,
+        ),
+        Family(
+            "d_fine",
+            "D-FINE",
+            "DFineForObjectDetection",
+            "transformers.models.d_fine.modeling_d_fine:DFineObjectDetectionOutput",
+            _HYBRID_HEADS,
+            ("ustc-community/dfine-nano-coco", "ustc-community/dfine-small-coco"),
+            _d_fine,
+            _rtdetr_processor,
+        ),
+        Family(
+            "deimv2",
+            "DEIMv2",
+            "Deimv2ForObjectDetection",
+            "transformers.models.deimv2.modeling_deimv2:Deimv2ObjectDetectionOutput",
+            _HYBRID_HEADS,
+            ("harshaljanjani/DEIMv2_HGNetv2_N_COCO_Transformers",),  # transformers' own tests
+            _deimv2,
+            _rtdetr_processor,
+        ),
+        Family(
+            "rf_detr",
+            "RF-DETR",
+            "RfDetrForObjectDetection",
+            "transformers.models.rf_detr.modeling_rf_detr:RfDetrObjectDetectionOutput",
+            ("class_embed", "enc_out_class_embed"),
+            ("Roboflow/rf-detr-base",),
+            _rf_detr,
+            _rfdetr_processor,
+        ),
+    )
+}
+
+
+def family_of(config_or_type: Any) -> Family:
+    """The :class:`Family` of a config (or a ``model_type`` string).
+
+    Raises:
+        UnknownFamilyError: not a family this toolkit supports (the message lists them).
+    """
+    model_type = getattr(config_or_type, "model_type", config_or_type)
+    if model_type not in FAMILIES:
+        raise UnknownFamilyError(
+            f"model_type {model_type!r} is not a supported real-time DETR "
+            f"(expected one of {', '.join(FAMILIES)})"
+        )
+    return FAMILIES[model_type]

@@ -31,13 +31,33 @@ def test_float_nodes_of_the_int8_recipe(fp32):
     kept = set(float_nodes(model, num_decoder_layers=1, int8=True))
     plain = set(float_nodes(model, num_decoder_layers=1))  # fp16 keeps fewer nodes float
     weighted = _weighted(model)
-    scopes = ("decoder_input_proj", "/encoder_attn/value_proj/", "/decoder/layers.0/self_attn/")
+    scopes = (
+        "decoder_input_proj",
+        "/encoder_attn/value_proj/",
+        "/decoder/layers.0/self_attn/",
+        "/enc_output/",
+        "/decoder/query_pos_head/",
+    )
     must = [name for name in weighted if any(scope in name for scope in scopes)]
-    assert len(must) >= 3 + 1 + 4  # three memory convs, value_proj, q/k/v/o projections
+    # three memory convs, value_proj, q/k/v/o projections, encoder output, query position MLP
+    assert len(must) >= 3 + 1 + 4 + 1 + 2
+    for scope in scopes:
+        assert any(scope in name for name in must), scope
     assert set(must) <= kept and not set(must) & plain
     assert all(n.name in kept for n in model.graph.node if n.name.startswith("/postprocessor/"))
     for free in ("backbone", "/encoder/", "/mlp/fc1/", "sampling_offsets"):
         assert any(free in name and name not in kept for name in weighted), free
+
+
+@pytest.mark.model
+def test_int8_keeps_every_box_head_float_not_only_the_last(fp32):
+    """Every decoder layer's box head refines the boxes the next layer starts from: int8
+    keeps all of them float, whatever the number of layers (fp16 keeps only the last)."""
+    model = onnx.load(str(fp32))
+    heads = [n for n in _weighted(model) if "/bbox_embed." in n]
+    assert heads
+    assert set(heads) <= set(float_nodes(model, None, int8=True))
+    assert not set(heads) & set(float_nodes(model, None))
 
 
 @pytest.mark.model
@@ -48,6 +68,7 @@ def test_int8_graph_quantizes_the_rest_and_keeps_the_contract(fp32, tiny_checkpo
     target = tmp_path / "model.int8.onnx"
     extra = to_int8(fp32, target, processor, [photo(64, 64, seed=i) for i in range(3)], 1)
     assert "decoder memory path and self-attention" in extra["quantization"]
+    assert "box path" in extra["quantization"]
     assert check_graph(target) == []  # onnx.checker (full) and the contract, K named
     quantized = onnx.load(str(target))
     dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}

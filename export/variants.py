@@ -104,6 +104,7 @@ import numpy as np
 
 __all__ = [
     "FLOAT_SCOPES",
+    "INT8_BOX_PATH_SCOPES",
     "INT8_FLOAT_IN_DECODER_LAYERS",
     "INT8_FLOAT_SCOPES",
     "RECIPE",
@@ -123,15 +124,24 @@ FLOAT_SCOPES = (
     "/model/model/enc_score_head/",  # encoder scores: choose which queries go to the decoder
     "/model/model/enc_bbox_head/",  # encoder boxes: the decoder's reference points
 )
-# Also float in int8 only: the decoder's memory (OpenVINO breaks it in int8), and inside every
-# decoder layer the memory's value projection (the other end of that path) and the
-# self-attention over the queries (the largest int8 accuracy cost).
+# Also float in int8 only: the decoder's memory (OpenVINO breaks it in int8), the box path
+# (recipe 3: the encoder's output projection that scores and places the queries, the
+# decoder's query position head that turns each layer's reference boxes into the queries'
+# positional embedding, and every layer's box head, whose refined boxes are the next layer's
+# reference points), and inside every decoder layer the memory's value projection (the
+# other end of the memory path) and the self-attention over the queries.
 INT8_FLOAT_SCOPES = ("/model/model/decoder_input_proj",)
+INT8_BOX_PATH_SCOPES = (
+    "/model/model/enc_output/",
+    "/model/model/decoder/query_pos_head/",
+    "/model/model/decoder/bbox_embed.",
+    "/model/bbox_embed.",
+)
 INT8_FLOAT_IN_DECODER_LAYERS = re.compile(
     r"^/model/model/decoder/layers\.\d+/(encoder_attn/value_proj|self_attn)/"
 )
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-RECIPE = "int8 recipe 2"  # bump when the recipe changes: cached int8 files are keyed by it
+RECIPE = "int8 recipe 3"  # bump when the recipe changes: cached int8 files are keyed by it
 # The symmetric (TensorRT-shaped) variant: convolutions only, and the encoder's top-down FPN
 # path in float (OpenVINO breaks signed int8 there; see the module docstring).
 SYMMETRIC_OPS = ("Conv",)
@@ -147,7 +157,8 @@ def float_nodes(
     symmetric: bool = False,
 ) -> list[str]:
     """Nodes to keep in float: post-processing, query selection, the last decoder heads; for
-    ``int8`` also the decoder's memory path and self-attention, and for ``symmetric`` int8 the
+    ``int8`` also the box path (encoder output projection, query position head, every box
+    head), the decoder's memory path and self-attention, and for ``symmetric`` int8 the
     encoder's FPN path too (see the module docstring)."""
     last = []
     if num_decoder_layers:
@@ -162,7 +173,7 @@ def float_nodes(
     scopes = (
         *FLOAT_SCOPES,
         *last,
-        *(INT8_FLOAT_SCOPES if int8 else ()),
+        *((*INT8_FLOAT_SCOPES, *INT8_BOX_PATH_SCOPES) if int8 else ()),
         *(SYMMETRIC_FLOAT_SCOPES if symmetric else ()),
     )
     names = [
@@ -344,7 +355,8 @@ def to_int8(
     return {
         "quantization": f"static QDQ U8S8, per-channel weights ({', '.join(QUANTIZED_OPS)}), "
         f"MinMax on {len(calibration)} calibration image(s); float: post-processing, query "
-        f"selection, last decoder heads, decoder memory path and self-attention ({RECIPE})"
+        "selection, last decoder heads, box path (encoder output, query position head, box "
+        f"heads), decoder memory path and self-attention ({RECIPE})"
     }
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAMILIES", "Family", "UnknownFamilyError", "family_of"]
+__all__ = ["FAMILIES", "SMALL_HYBRID", "Family", "UnknownFamilyError", "config_labels", "family_of"]
 
 # Outputs every family's evaluation keeps; everything else is dropped (memory, and a fixed
 # (logits, pred_boxes) layout for compute_metrics).
@@ -81,17 +81,18 @@ class Family:
         return [f.name for f in dataclasses.fields(output) if f.name not in KEPT_OUTPUTS]
 
 
-def _labels(id2label: dict[int, str]) -> dict[str, Any]:
+def config_labels(id2label: dict[int, str]) -> dict[str, Any]:
+    """``id2label`` and ``label2id`` as a config takes them."""
     return {
         "id2label": {int(k): v for k, v in id2label.items()},
         "label2id": {v: int(k) for k, v in id2label.items()},
     }
 
 
-# The hybrid-encoder families share the encoder/decoder sizes of the embedded RT-DETR
-# (finetune.model.small_config): d_model 128, one encoder layer, three decoder layers,
-# 100 queries, batch norms that train.
-_HYBRID = {
+# Encoder/decoder sizes of the embedded RT-DETR (finetune.model.small_config), shared by the
+# small models of every hybrid-encoder family: d_model 128, one encoder layer, three decoder
+# layers, 100 queries, batch norms that train (frozen ones are the identity at random init).
+SMALL_HYBRID = {
     "freeze_backbone_batch_norms": False,
     "encoder_in_channels": [64, 128, 256],
     "feat_strides": [8, 16, 32],
@@ -121,7 +122,8 @@ def _rt_detr_v2(id2label: dict[int, str]) -> Any:
 
     from finetune.model import basic_resnet
 
-    return RTDetrV2Config(backbone_config=basic_resnet(32, 1), **_HYBRID, **_labels(id2label))
+    backbone = basic_resnet(32, 1)
+    return RTDetrV2Config(backbone_config=backbone, **SMALL_HYBRID, **config_labels(id2label))
 
 
 def _hgnet() -> Any:
@@ -146,13 +148,13 @@ def _hgnet() -> Any:
 def _d_fine(id2label: dict[int, str]) -> Any:
     from transformers import DFineConfig
 
-    return DFineConfig(backbone_config=_hgnet(), **_HYBRID, **_labels(id2label))
+    return DFineConfig(backbone_config=_hgnet(), **SMALL_HYBRID, **config_labels(id2label))
 
 
 def _deimv2(id2label: dict[int, str]) -> Any:
     from transformers import Deimv2Config
 
-    return Deimv2Config(backbone_config=_hgnet(), **_HYBRID, **_labels(id2label))
+    return Deimv2Config(backbone_config=_hgnet(), **SMALL_HYBRID, **config_labels(id2label))
 
 
 def _rf_detr(id2label: dict[int, str]) -> Any:
@@ -179,7 +181,7 @@ def _rf_detr(id2label: dict[int, str]) -> Any:
         decoder_cross_attention_heads=8,
         num_queries=100,
         group_detr=4,
-        **_labels(id2label),
+        **config_labels(id2label),
     )
 
 

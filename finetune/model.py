@@ -30,7 +30,14 @@ from transformers import (
     RTDetrResNetConfig,
 )
 
-from finetune.families import FAMILIES, Family, UnknownFamilyError, family_of
+from finetune.families import (
+    FAMILIES,
+    SMALL_HYBRID,
+    Family,
+    UnknownFamilyError,
+    config_labels,
+    family_of,
+)
 from runtime.errors import first_line
 
 __all__ = [
@@ -77,24 +84,9 @@ def small_config(id2label: dict[int, str], **overrides: Any) -> RTDetrConfig:
     """
     values: dict[str, Any] = {
         "backbone_config": basic_resnet(32, 1),
-        "freeze_backbone_batch_norms": False,
-        "encoder_in_channels": [64, 128, 256],
-        "feat_strides": [8, 16, 32],
-        "encoder_hidden_dim": 128,
-        "encoder_layers": 1,
-        "encoder_ffn_dim": 512,
-        "encoder_attention_heads": 8,
-        "d_model": 128,
-        "decoder_in_channels": [128, 128, 128],
-        "decoder_ffn_dim": 512,
-        "decoder_layers": 3,
-        "decoder_attention_heads": 8,
-        "num_feature_levels": 3,
-        "num_queries": 100,
-        "num_denoising": 50,
+        **SMALL_HYBRID,
         "anchor_image_size": None,
-        "id2label": {int(k): v for k, v in id2label.items()},
-        "label2id": {v: int(k) for k, v in id2label.items()},
+        **config_labels(id2label),
     }
     values.update(overrides)
     return RTDetrConfig(**values)

@@ -94,8 +94,10 @@ def relabel_with_predictions(split: Path, checkpoint: Path, per_image: int = 2) 
 
     A tiny model trained for two steps scores mAP 0.0 on the generated shapes, and 0.0 is
     also what an evaluation that returns a constant, or scores nothing, reports. With ground
-    truth made of the untrained model's ``per_image`` top boxes (clipped to the image), the
-    briefly trained model scores strictly between 0 and 1, where a wrong evaluation shows.
+    truth made of the model's ``per_image`` top boxes (clipped to the image) plus, in each
+    image, a 4x4 box in the top-left corner that it does not predict (recall below 1), a
+    model trained like ``checkpoint`` scores strictly between 0 and 1, where a wrong
+    evaluation shows (a constant 0.0 or 1.0 included).
     """
 
     path = split / "_annotations.coco.json"
@@ -103,6 +105,7 @@ def relabel_with_predictions(split: Path, checkpoint: Path, per_image: int = 2) 
     infos = sorted(coco["images"], key=lambda info: info["id"])
     images = [np.asarray(Image.open(split / info["file_name"]).convert("RGB")) for info in infos]
     category = {c["name"]: c["id"] for c in coco["categories"]}
+    names_in_order = [c["name"] for c in coco["categories"] if c.get("supercategory") != "none"]
     annotations = []
     for info, found in zip(infos, _detections(checkpoint, images), strict=True):
         kept = 0
@@ -124,5 +127,9 @@ def relabel_with_predictions(split: Path, checkpoint: Path, per_image: int = 2) 
                 }
             )
             kept += 1
+        missed = {"bbox": [0.0, 0.0, 4.0, 4.0], "area": 16.0, "segmentation": [], "iscrowd": 0}
+        first = category[names_in_order[0]]
+        annotations.append({"id": len(annotations) + 1, "image_id": info["id"],
+                            "category_id": first, **missed})  # fmt: skip
     coco["annotations"] = annotations
     path.write_text(json.dumps(coco))

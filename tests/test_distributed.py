@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from map_probe import independent_map, relabel_with_predictions
 from run_factory import MINI_SPEC, tiny_run_argv
 
 from finetune.synthetic import generate_dataset
@@ -67,8 +68,13 @@ def _launch(launcher: list[str], args: list[str], cwd: Path) -> subprocess.Compl
     )
 
 
-def _check_run(proc: subprocess.CompletedProcess, out: Path, steps: list[int]) -> dict:
-    """What every 2-process run must show; returns its metrics.json."""
+def _check_run(
+    proc: subprocess.CompletedProcess, out: Path, steps: list[int], dataset: Path
+) -> dict:
+    """What every 2-process run must show; returns its metrics.json.
+
+    The test mAP must be pycocotools' mAP of the best/ that process 0 saved, on the whole
+    test split of ``dataset`` (``map_probe``: none of finetune's evaluation code)."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2
@@ -93,7 +99,9 @@ def _check_run(proc: subprocess.CompletedProcess, out: Path, steps: list[int]) -
     ]
     assert len(dataset_lines) == 1, proc.stderr[-3000:]
     assert "DDP on CPU, backend gloo" in proc.stderr
-    assert 0.0 <= metrics["test"]["map"] <= 1.0
+    expected = independent_map(out / "best", dataset / "test")
+    for key in ("map", "map_50", "map_75"):
+        assert metrics["test"][key] == pytest.approx(expected[key], abs=2e-6), key
     return metrics
 
 
@@ -122,7 +130,7 @@ def test_torchrun_two_cpu_processes(
     from finetune.evaluate import evaluate_dataset
 
     proc, out = torchrun_run
-    metrics = _check_run(proc, out, steps=[1, 2])
+    metrics = _check_run(proc, out, steps=[1, 2], dataset=mini_dataset)
 
     # best/ loads, and the mAP the two processes recorded for it is the mAP of those weights
     # on the whole valid split, scored here in one process.
@@ -145,11 +153,16 @@ def test_accelerate_launch_resumes_two_cpu_processes(
 ) -> None:
     """``accelerate launch`` resumes the torchrun run for one more step. On a machine without
     GPU ``--multi_gpu`` is accelerate's multi-process launcher (without it, or a config
-    file, it starts one process)."""
+    file, it starts one process). The test split of the resumed run is labelled with the
+    torchrun best/ detections (train and valid unchanged), so that its test mAP, scored by
+    process 0 alone, is not the 0.0 a broken or doubly-gathered evaluation could also give."""
     proc, first = torchrun_run
     assert proc.returncode == 0
     out = tmp_path / "run"
     shutil.copytree(first, out)
+    dataset = tmp_path / "relabelled"
+    shutil.copytree(mini_dataset, dataset)
+    relabel_with_predictions(dataset / "test", first / "best")
     before = json.loads((out / "best" / "best_score.json").read_text())
     proc = _launch(
         [
@@ -168,7 +181,7 @@ def test_accelerate_launch_resumes_two_cpu_processes(
             "0",
         ],
         _finetune_args(
-            mini_dataset,
+            dataset,
             tiny_checkpoint,
             out,
             "--max_steps",
@@ -180,7 +193,8 @@ def test_accelerate_launch_resumes_two_cpu_processes(
         ),
         tmp_path,
     )
-    metrics = _check_run(proc, out, steps=[1, 2, 3])
+    metrics = _check_run(proc, out, steps=[1, 2, 3], dataset=dataset)
+    assert 0.05 < metrics["test"]["map"] < 0.99, metrics["test"]  # informative labels
     assert proc.stderr.count("resumed at step 2;") == 1
     after = json.loads((out / "best" / "best_score.json").read_text())
     third = metrics["epochs"][-1]["map"]

@@ -52,7 +52,8 @@ def build_metadata(
         toolkit_version=toolkit_version(),
         precision=precision,
         num_top_queries=int(num_top_queries or getattr(config, "num_queries", 300)),
-        extra=dict(extra or {}),
+        # the family (finetune.families): for people and tools; no client needs family code
+        extra={"model_type": str(config.model_type), **(extra or {})},
     )
 
 
@@ -67,7 +68,8 @@ def trace_to_onnx(
     """Export ``DeployModel(model)`` to ``path`` (the contract of :mod:`export.contract`).
 
     Args:
-        model: An ``RTDetrForObjectDetection`` in eval mode.
+        model: An ``RTDetrForObjectDetection`` (or another family of
+            :mod:`export.graph_fixes`) in eval mode.
         path: Where to write the graph (a temporary name: the caller verifies, then renames).
         opset: ONNX opset (see ``export.contract.SUPPORTED_OPSETS``).
         input_size: (height, width) of the traced example input.
@@ -75,6 +77,7 @@ def trace_to_onnx(
     """
     import torch
 
+    from export.graph_fixes import export_patches
     from finetune.postprocess import DeployModel
 
     deploy = DeployModel(model, num_top_queries).eval()
@@ -82,7 +85,8 @@ def trace_to_onnx(
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(TRACE_BATCH, 3, height, width, generator=generator)
     sizes = torch.tensor([[640, 480], [width, height]], dtype=torch.int64)
-    with warnings.catch_warnings(), torch.no_grad():
+    # Family-specific export patches (export.graph_fixes), undone when tracing ends.
+    with warnings.catch_warnings(), torch.no_grad(), export_patches(model):
         # TracerWarnings about Python values in the model's code are expected: the graph is
         # verified against PyTorch at several batch sizes afterwards.
         warnings.simplefilter("ignore")

@@ -94,10 +94,12 @@ def relabel_with_predictions(split: Path, checkpoint: Path, per_image: int = 2) 
 
     A tiny model trained for two steps scores mAP 0.0 on the generated shapes, and 0.0 is
     also what an evaluation that returns a constant, or scores nothing, reports. With ground
-    truth made of the model's ``per_image`` top boxes (clipped to the image) plus, in each
-    image, a 4x4 box in the top-left corner that it does not predict (recall below 1), a
-    model trained like ``checkpoint`` scores strictly between 0 and 1, where a wrong
-    evaluation shows (a constant 0.0 or 1.0 included).
+    truth made of the model's ``per_image`` top boxes (clipped to the image; the second one
+    shifted right by a fifth of its width, so that it matches at IoU 0.5 but not at 0.75 and
+    mAP50 differs from mAP50:95) plus, in each image, a 4x4 box in the top-left corner that
+    it does not predict (recall below 1), a model trained like ``checkpoint`` scores strictly
+    between 0 and 1, where a wrong evaluation shows (a constant 0.0 or 1.0 included, or one
+    metric reported as another).
     """
 
     path = split / "_annotations.coco.json"
@@ -114,6 +116,9 @@ def relabel_with_predictions(split: Path, checkpoint: Path, per_image: int = 2) 
             x1, y1 = min(float(box[2]), info["width"]), min(float(box[3]), info["height"])
             if x1 - x0 < 4 or y1 - y0 < 4 or kept == per_image:
                 continue
+            if kept == 1:  # shifted by a fifth of its width: IoU ~0.67, a match at 0.5 only
+                shift = min(0.2 * (x1 - x0), info["width"] - x1)
+                x0, x1 = x0 + shift, x1 + shift
             w, h = round(x1 - x0, 2), round(y1 - y0, 2)
             annotations.append(
                 {

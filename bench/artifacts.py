@@ -3,12 +3,12 @@
 With no options: the newest run under ``runs/`` and its ``model.onnx``. Where there is no run,
 one is trained with the code of ``python -m finetune`` (``finetune.cli.main``, shorter budget:
 ``settings.DEFAULT_TRAIN_ARGS``) and exported with ``export.export_checkpoint``. ``--fast``
-does the same in a temporary folder with a tiny model and a tiny generated dataset.
+does the same in a temporary folder: a short fine-tune of the warm-started embedded model on
+a small generated dataset of its own classes (``settings.FAST_TRAIN_ARGS``, ``FAST_DATASET``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,17 +17,21 @@ from pathlib import Path
 from bench.settings import (
     DEFAULT_RUN_NAME,
     DEFAULT_TRAIN_ARGS,
+    FAST_DATASET,
+    FAST_EXTRA_VARIANTS,
     FAST_TRAIN_ARGS,
     BenchOptions,
 )
 from export.checkpoint import resolve_checkpoint
 from export.files import failed_report_path, report_path, variant_path
 from finetune.runs import RunNotFoundError, latest_run
+from finetune.synthetic import SyntheticSpec
 
 __all__ = [
     "Artifacts",
     "SetupError",
     "Variant",
+    "fast_spec",
     "find_artifacts",
     "find_variants",
     "make_fast_artifacts",
@@ -60,11 +64,16 @@ class Artifacts:
     dataset: Path
     report_dir: Path
     variants: dict[str, Variant] = field(default_factory=dict)
+    requested: tuple[str, ...] = ()  # the variants this session exported (must be verified)
     notes: list[str] = field(default_factory=list)
 
 
-def find_variants(onnx: Path) -> dict[str, Variant]:
-    """The variants of ``onnx`` and their export verification outcome."""
+def find_variants(onnx: Path, requested: Sequence[str] = ()) -> dict[str, Variant]:
+    """The variants of ``onnx`` and their export verification outcome.
+
+    A variant in ``requested`` (this session exported it) with neither its file nor a failure
+    report is ``FAILED`` too: export was asked for it and left nothing to say why.
+    """
     found = {}
     for name in VARIANT_NAMES:
         path = variant_path(onnx, name)
@@ -77,6 +86,9 @@ def find_variants(onnx: Path) -> dict[str, Variant]:
             except (OSError, json.JSONDecodeError):
                 failures = ["unreadable report"]
             reason = "export verification failed, not benchmarked: " + "; ".join(map(str, failures))
+            found[name] = Variant(name, path, "FAILED", reason)
+        elif name in requested:
+            reason = "exported for this run, but export left neither the file nor a failure report"
             found[name] = Variant(name, path, "FAILED", reason)
         else:
             hint = f"python -m export --checkpoint ... --output {onnx} --{name}"
@@ -157,6 +169,7 @@ def find_artifacts(options: BenchOptions, announce: Announce) -> Artifacts:
     except ExportError as exc:
         raise SetupError(str(exc)) from None
 
+    requested: tuple[str, ...] = ()
     if onnx is None:
         onnx = source.default_output
         weights = source.checkpoint / "model.safetensors"
@@ -165,6 +178,7 @@ def find_artifacts(options: BenchOptions, announce: Announce) -> Artifacts:
         )
         if not onnx.is_file() or stale:
             export_run(source.checkpoint, onnx, options.variants, announce)
+            requested = options.variants
             notes.append(f"{'re-' if stale else ''}exported {onnx} for the benchmark")
     elif (src := _source_of(onnx)) is not None and src.resolve() != source.checkpoint.resolve():
         notes.append(f"{onnx} was exported from {src}, not from {source.checkpoint}")
@@ -180,50 +194,49 @@ def find_artifacts(options: BenchOptions, announce: Announce) -> Artifacts:
         onnx=onnx,
         dataset=dataset,
         report_dir=source.run_dir or source.checkpoint,
-        variants=find_variants(onnx),
+        variants=find_variants(onnx, requested),
+        requested=requested,
         notes=notes,
     )
 
 
-def _write_tiny_checkpoint(folder: Path, classes: tuple[str, ...]) -> Path:
-    """``tests/model_factory.write_tiny_checkpoint``, loaded by path (tests/ is no package)."""
-    path = Path(__file__).resolve().parents[1] / "tests" / "model_factory.py"
-    spec = importlib.util.spec_from_file_location("_bench_model_factory", path)
-    if spec is None or spec.loader is None:
-        raise SetupError(f"--fast needs {path} (the tiny test model); it is missing")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_checkpoint(folder, classes, image_size=64)
+def fast_spec() -> SyntheticSpec:
+    """``--fast``'s dataset: the warm-start checkpoint's own classes (so no head is reset)."""
+    from finetune.model import WARMSTART_DIR
+
+    try:
+        config = json.loads((WARMSTART_DIR / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        message = f"--fast needs the warm-start checkpoint in {WARMSTART_DIR}: {exc}"
+        raise SetupError(message) from None
+    classes = tuple(config["id2label"][str(i)] for i in range(len(config["id2label"])))
+    return SyntheticSpec(name="bench-fast", classes=classes, **FAST_DATASET)
 
 
 def make_fast_artifacts(folder: Path, options: BenchOptions, announce: Announce) -> Artifacts:
-    """``--fast``: tiny dataset + tiny model -> run -> export, all inside ``folder``."""
-    from finetune.synthetic import SyntheticSpec, generate_dataset
+    """``--fast``: small generated dataset -> a short fine-tune of the warm-started model ->
+    export with the device's variant and ``FAST_EXTRA_VARIANTS``, all inside ``folder``."""
+    from finetune.synthetic import generate_dataset
 
-    spec = SyntheticSpec(
-        name="bench-fast",
-        classes=("circle", "square", "triangle"),
-        image_size=(160, 120),
-        split_sizes=(16, 4, 16),
-        seed=7,
-    )
+    spec = fast_spec()
     dataset = generate_dataset(folder / "dataset", spec)
-    tiny = _write_tiny_checkpoint(folder / "tiny-checkpoint", spec.classes)
-    run = train_run(
-        folder / "run",
-        ["--dataset", str(dataset), "--checkpoint", str(tiny), *FAST_TRAIN_ARGS],
-        announce,
-    )
+    run = train_run(folder / "run", ["--dataset", str(dataset), *FAST_TRAIN_ARGS], announce)
     source = resolve_checkpoint(run)
-    export_run(source.checkpoint, source.default_output, options.variants, announce)
+    variants = tuple(dict.fromkeys((*options.variants, *FAST_EXTRA_VARIANTS)))
+    export_run(source.checkpoint, source.default_output, variants, announce)
+    steps = FAST_TRAIN_ARGS[FAST_TRAIN_ARGS.index("--max_steps") + 1]
+    size = FAST_TRAIN_ARGS[FAST_TRAIN_ARGS.index("--image_size") + 1]
     return Artifacts(
         checkpoint=source.checkpoint,
         onnx=source.default_output,
         dataset=dataset,
         report_dir=run,
-        variants=find_variants(source.default_output),
+        variants=find_variants(source.default_output, variants),
+        requested=variants,
         notes=[
-            "--fast: tiny random-init model (64 px), 8 training steps, 16 test images: "
-            "proves the suite works; the numbers mean nothing"
+            f"--fast: the warm-started embedded model at {size} px, {steps} fine-tuning steps "
+            f"on a generated {'/'.join(map(str, spec.split_sizes))}-image dataset of its own "
+            "classes: a trained reference (every accuracy gate applies) that proves the suite "
+            "works; the latencies mean nothing"
         ],
     )

@@ -36,6 +36,7 @@ from runtime.detector import Detector
 from runtime.images import to_rgb_array
 
 __all__ = [
+    "SKIP_STATUSES",
     "Backend",
     "CompiledTorchBackend",
     "OnnxBackend",
@@ -74,13 +75,24 @@ class Unavailable:
         self.name, self.precision, self.status, self.reason = name, precision, status, reason
 
 
+# Statuses of an Unavailable row that skip its tests: not asked for here (``skipped``: another
+# device's variant, OpenVINO not installed, --no-compile) or never exported (``missing``: an
+# --onnx without that variant). Any other status (``FAILED``: its export verification failed,
+# a converter crash included) fails them: a broken path must not pass as a skip.
+SKIP_STATUSES = ("skipped", "missing")
+
+
 def require(backends: dict[str, Backend | Unavailable], name: str) -> Backend:
-    """The backend ``name``, or skip the calling test saying why it is not benchmarked."""
+    """The backend ``name``; skip the calling test where the row is not asked for or cannot run
+    here, fail it where the row was asked for and is broken (see ``SKIP_STATUSES``)."""
     backend = backends.get(name)
     if backend is None:
         pytest.skip(f"{name}: not part of this run")
     if isinstance(backend, Unavailable):
-        pytest.skip(f"{name}: {backend.status}: {backend.reason}")
+        message = f"{name}: {backend.status}: {backend.reason}"
+        if backend.status in SKIP_STATUSES:
+            pytest.skip(message)
+        pytest.fail(message, pytrace=False)
     return backend
 
 
@@ -243,9 +255,15 @@ class OnnxBackend:
 
 
 def _variant_row(
-    key: str, name: str, variant: Any, options: Any
+    key: str, name: str, variant: Any, options: Any, requested: Sequence[str] = ()
 ) -> tuple[Path | None, Unavailable | None]:
-    """The verified file of variant ``name`` for a ``key`` row, or why the row is not run."""
+    """The verified file of variant ``name`` for a ``key`` row, or why the row is not run.
+
+    A variant this session exported (``requested``) that failed is ``FAILED`` even where its
+    row is not benchmarked on this device (fp16 under ``--fast`` on a CPU): asked for, broken.
+    """
+    if variant.status == "FAILED" and name in requested:
+        return None, Unavailable(key, name, variant.status, variant.reason)
     if name not in options.variants:
         reason = "GPU only" if name == "fp16" else "CPU only (U8S8 QDQ; serve fp16 on GPUs)"
         return None, Unavailable(key, name, "skipped", f"{reason}, not run on {options.device}")
@@ -275,13 +293,15 @@ def build_backends(artifacts: Any, options: Any) -> dict[str, Backend | Unavaila
     found["onnx-fp32"] = OnnxBackend(artifacts.onnx, threads=options.threads, **common)
     for name, variant in artifacts.variants.items():
         key = f"onnx-{name}"
-        path, unavailable = _variant_row(key, name, variant, options)
+        path, unavailable = _variant_row(key, name, variant, options, artifacts.requested)
         found[key] = unavailable or OnnxBackend(path, threads=options.threads, name=key, **common)
 
     files = {"fp32": artifacts.onnx}
     for name, variant in artifacts.variants.items():
         if name == "int8":
-            path, unavailable = _variant_row("openvino-int8", name, variant, options)
+            path, unavailable = _variant_row(
+                "openvino-int8", name, variant, options, artifacts.requested
+            )
             files[name] = path or unavailable
     for precision, file in files.items():
         key = f"openvino-{precision}"

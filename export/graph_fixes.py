@@ -1,25 +1,32 @@
 """Family-specific patches applied only while :func:`export.onnx_export.trace_to_onnx` traces.
 
 One entry point, :func:`export_patches`, looked up by ``model.config.model_type``. A patch swaps
-a module's method for an export-friendly one with the same math on the model *instance* (never
-on the class, so other models in the process are untouched) and restores it on exit.
+a function for an export-friendly one with the same math and restores it on exit: on the model's
+own modules where they hold it (RF-DETR, D-FINE, DEIMv2; never on a class), in
+``modeling_rt_detr_v2`` for RT-DETRv2, whose attention calls a module-level function (so an
+RT-DETRv2 run in another thread during an export would see the patched, equivalent function).
 
 Measured with transformers 5.24, torch 2.14.1, ``torch.onnx.export(dynamo=False, opset 17)`` and
 ONNX Runtime 1.32 (CPU), comparing raw outputs (``logits``, ``pred_boxes``) per query:
 
 * ``rf_detr`` needs a patch (:func:`_rf_detr_position_embeddings`): without it the export stops
   at ``aten::_upsample_bicubic2d_aa``.
-* ``d_fine`` and ``deimv2`` need none. The reported divergence (raw logits off by 3.06 / 4.06,
-  boxes by 0.98, on the very trace input) comes from ties, not from the graph: with random init
-  the encoder's activations vanish (std 1.4e-10 at 640 px), so all 8400 query-selection scores
-  are tied (two distinct values), and ``torch.topk`` and ONNX ``TopK`` break ties differently
-  (``TopK`` takes the lowest indices, as its spec says; ``torch.topk`` on CPU took indices from
-  5571 up for an all-zero row of 8400). 583 of the 600 selected queries then come from other
-  encoder positions, with other anchors. With untied scores (batch norms set to batch
-  statistics), the same default configs select the same 300 positions in both backends, and per
-  position logits agree to 2.6e-3 / 3.4e-3 (scores up to ~1e2) and boxes to 1.1e-6; small
-  configs agree to 8e-5 / 2e-7 with no reordering at all. See ``tests/test_family_export.py``.
-* ``rt_detr`` and ``rt_detr_v2`` (both decoder methods) need none.
+* ``rt_detr_v2``, ``d_fine`` and ``deimv2`` with ``decoder_method="discrete"`` need one
+  (:func:`_discrete_sampling_grid`): their graphs were right at the trace size only.
+* With the default decoder method, ``d_fine`` and ``deimv2`` need none. The reported divergence
+  (raw logits off by 3.06 / 4.06, boxes by 0.98, on the very trace input) comes from ties, not
+  from the graph, and RT-DETRv2's default config shows it too (logits 0.71, boxes 0.99): with
+  random init the encoder's activations vanish (std 1.4e-10 in D-FINE at 640 px), the 8400
+  query-selection scores take 2 (D-FINE) or 8 (RT-DETRv2) distinct values, and ``torch.topk``
+  and ONNX ``TopK`` break ties differently (``TopK`` takes the lowest indices, as its spec says;
+  ``torch.topk`` on CPU returned indices from 5571 up for an all-zero row of 8400), so 583 of
+  the 600 selected queries (D-FINE) come from other encoder positions, with other anchors. With
+  batch norms set to batch statistics (untied scores), the same default configs select the same
+  300 positions in both backends and, per position, logits agree to 2.6e-3 (D-FINE), 3.4e-3
+  (DEIMv2), 6.8e-5 (RT-DETRv2) and boxes to 1.1e-6; the per-query order can still differ
+  where two selection scores are within ONNX Runtime's rounding (gaps of 5e-6). Small configs
+  agree to 3.2e-5 (logits) and 7e-7 (boxes) per query; see ``tests/test_family_export.py``.
+* ``rt_detr`` needs none.
 """
 
 from __future__ import annotations
@@ -75,7 +82,8 @@ def _rf_detr_position_embeddings(model: Any) -> contextlib.AbstractContextManage
     Exact up to float32 rounding (3e-6 on unit-variance data, see the weights' docstring); at
     the pretraining grid and a square input, where eager PyTorch skips the interpolation, the
     weights are the identity. Measured on a small RF-DETR: no export before; after, raw logits
-    within 5e-6 and boxes within 2e-7 of PyTorch at the pretraining grid and at 1.5x it.
+    within 6e-7 and boxes within 6e-8 of PyTorch at the pretraining grid (64 px) and at
+    96x128 px; the patched module run eagerly is within 6e-7 of the unpatched one.
 
     Rejected alternative: opset 18's ``Resize(mode="cubic", antialias=1)``. ONNX Runtime 1.32
     matches ATen only with ``cubic_coeff_a=-0.5`` and ``exclude_outside=1`` (2.5e-5); with the
@@ -199,10 +207,12 @@ def _discrete_sampling_grid(model: Any) -> contextlib.AbstractContextManager[Non
     and run at 96x128 px had raw logits off by 7.3e-3, boxes by 4.5e-4 and a detection's box
     by 322 px (labels and top-k scores still close, so top-10 parity alone can miss it).
 
+    A small D-FINE: logits off by 2.0 at 96x128 px.
+
     The fix: :func:`_discrete_deformable_attention`, the same function with the grid size
-    stacked from the traced sizes; after it, the same model at 96x128 px is within 3e-7 (logits)
-    and 2e-7 (boxes). Only the discrete method is touched; the default (``grid_sample``) path
-    already follows the input size.
+    stacked from the traced sizes; after it, the same RT-DETRv2 at 96x128 px is within 4.2e-7
+    (logits) and 1.8e-7 (boxes), detections within 1.2e-4 px. Only the discrete method is
+    touched; the default (``grid_sample``) path already follows the input size.
     """
     if getattr(model.config, "decoder_method", "default") != "discrete":
         return contextlib.nullcontext()

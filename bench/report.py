@@ -24,6 +24,7 @@ __all__ = [
     "Latency",
     "Results",
     "describe_environment",
+    "impossible_rows",
     "render_markdown",
     "write_report",
 ]
@@ -292,15 +293,51 @@ def render_table(results: Results) -> list[str]:
     return lines
 
 
+def _percent(rate: float | None, peak: float | None) -> str:
+    """A rate as % of its precision's peak, or why it is not printed."""
+    from bench.flops import ImpossibleFigure, percent_of_peak
+
+    if not (rate and peak):
+        return "—"
+    try:
+        return f"{percent_of_peak(rate, peak):.0f}%"
+    except ImpossibleFigure:
+        return "refused: above peak"
+
+
+def impossible_rows(results: Results) -> list[str]:
+    """Real-size rows whose rate exceeds their precision's measured peak (wrong measurements)."""
+    from bench.flops import ImpossibleFigure, percent_of_peak
+
+    found = []
+    for (size, backend), lat in results.real_sizes.items():
+        gflops, peak = lat.info.get("gflops"), lat.info.get("peak_gflops")
+        if gflops and peak and lat.p50_ms:
+            try:
+                percent_of_peak(gflops / lat.p50_ms * 1000, peak)
+            except ImpossibleFigure as exc:
+                found.append(f"{size.upper()} {backend}: {exc}")
+    return found
+
+
 def render_real_sizes(results: Results) -> list[str]:
     if not results.real_sizes:
         return []
-    first = next(iter(results.real_sizes.values())).info
+    peaks = {}  # precision -> (peak, kernel, how) of the first row that has one
+    for lat in results.real_sizes.values():
+        info = lat.info
+        if info.get("peak_gflops") and info.get("precision") not in peaks:
+            peaks[info["precision"]] = (info["peak_gflops"], info.get("peak_kernel"),
+                                        info.get("peak_how"))  # fmt: skip
+    described = "; ".join(
+        f"{precision} {peak:.0f} {'GOP/s' if precision == 'int8' else 'GFLOP/s'} ({kernel}, {how})"
+        for precision, (peak, kernel, how) in peaks.items()
+    )
     lines = [
         "Real sizes (random weights, latency only; model-only, batch 1, 640x640; interleaved "
         "rounds). GFLOP/s = the graph's Conv/MatMul/Gemm FLOPs / p50; % peak = of this "
-        f"machine's measured fp32 sgemm peak ({_f(first.get('peak_gflops'), '.0f')} GFLOP/s, "
-        "torch.mm 2048², bench/flops.py):",
+        "machine's measured peak of the row's precision, the peak GEMMs timed in the same "
+        f"interleaved rounds (bench/flops.py): {described or 'not measured'}:",
         "",
         "| model | runtime | precision | ms p50 (p5-p95) | FPS | vs eager | GFLOP/s | % peak "
         "| rounds | accuracy gates (benchmarked model) |",
@@ -315,7 +352,7 @@ def render_real_sizes(results: Results) -> list[str]:
             f"| {size.upper()} | {lat.info.get('runtime', backend)} | "
             f"{lat.info.get('precision', '')} | {_f(lat.p50_ms, '.0f')} ({spread}) | "
             f"{_f(lat.images_per_s, '.2f')} | {_f(_ratio(eager, lat), '.2f', 'x')} | "
-            f"{_f(rate, '.0f')} | {_f(rate / peak * 100 if rate and peak else None, '.0f', '%')}"
+            f"{_f(rate, '.0f')} | {_percent(rate, peak)}"
             f" | {len(lat.times_s or [])} | {results.gate(backend)} |"
         )
     sizes = dict.fromkeys(size for size, _ in results.real_sizes)
@@ -326,8 +363,12 @@ def render_real_sizes(results: Results) -> list[str]:
         lines += [
             "",
             f"GFLOPs per image counted from the graph: {', '.join(counted)} (int8 rows: the "
-            "same arithmetic, in int8; their % peak is of the fp32 peak).",
+            "same arithmetic, partly in int8; their % peak is of the int8 peak, and their "
+            "float parts run below it).",
         ]
+    if wrong := impossible_rows(results):
+        lines += ["", "Refused (a rate above its measured peak is a wrong measurement):"]
+        lines += [f"- {line}" for line in wrong]
     return lines
 
 

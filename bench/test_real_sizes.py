@@ -4,7 +4,10 @@ Random weights, latency only (labelled so): PyTorch eager, ONNX Runtime fp32 and
 (export's recipe, calibrated on generated images), OpenVINO fp32 and int8 where installed;
 model-only, batch 1, the same random input for all, timed in interleaved rounds
 (``real_sizes.interleaved``), with achieved GFLOP/s (FLOPs counted from the graph) and the
-fraction of this machine's measured fp32 peak (``bench.flops``). torch.compile is not run at
+fraction of this machine's measured peak of the row's precision (``bench.flops``: fp32
+sgemm for fp32 rows, the fastest int8 GEMM for int8 rows), the peak GEMMs timed in the same
+interleaved rounds at the same thread count. A row above its peak fails the test (a wrong
+measurement, never printed). torch.compile is not run at
 these sizes: its first call takes minutes per model on a small CPU, past the suite's budget
 (the default model's compile row shows it). Skipped under ``--fast`` and ``--no-real-sizes``.
 """
@@ -16,7 +19,7 @@ from typing import Any
 import pytest
 
 from bench.backends import OnnxBackend, TorchBackend
-from bench.flops import fp32_peak_gflops, graph_gflops
+from bench.flops import ImpossibleFigure, graph_gflops, peak_gflops, peak_kernels, percent_of_peak
 from bench.ov_backend import OpenVinoBackend, openvino_version
 from bench.real_sizes import (
     IMAGE_SIZE,
@@ -69,20 +72,33 @@ def test_real_size_latency(
         pytest.skip("--no-real-sizes")
     backends = _backends(size, bench_options, results)
     feed = random_feed()
+    kernels = peak_kernels(bench_options.threads)
     calls = {name: (lambda b=b: b.model_only(feed)) for name, b in backends.items()}
+    calls.update({key: kernel.call for key, kernel in kernels.items()})
     benchmark.group = f"real sizes (random weights, latency only), {IMAGE_SIZE} px, batch 1"
     benchmark.extra_info.update({"label": SIZES[size].label, "rows": list(calls)})
     times = benchmark.pedantic(interleaved, args=(calls,), rounds=1, iterations=1)
     gflops = graph_gflops(backends["onnx-fp32"].detector.path)
-    peak = fp32_peak_gflops(bench_options.threads)
+    peaks = peak_gflops(kernels, times)
+    impossible = []
     for name, backend in backends.items():
-        results.real_sizes[(size, name)] = Latency(
+        peak, kernel = peaks.get(backend.precision, (None, None))
+        latency = Latency(
             name, MODEL, 1, times[name],
             {
                 "label": SIZES[size].label, "runtime": backend.runtime,
                 "precision": backend.precision, "threads": bench_options.threads,
-                "gflops": gflops, "peak_gflops": peak, "warmup": WARMUP, "rounds": ROUNDS,
+                "gflops": gflops, "peak_gflops": peak, "peak_kernel": kernel,
+                "peak_how": f"best of {ROUNDS} interleaved rounds after {WARMUP} warm-up, "
+                f"{bench_options.threads} threads", "warmup": WARMUP, "rounds": ROUNDS,
                 "includes": f"random weights, latency only: {IMAGE_SIZE}x{IMAGE_SIZE} tensor in "
                 "-> labels/boxes/scores out; interleaved rounds",
             },
         )  # fmt: skip
+        results.real_sizes[(size, name)] = latency
+        if peak and latency.p50_ms:
+            try:
+                percent_of_peak(gflops / latency.p50_ms * 1000, peak)
+            except ImpossibleFigure as exc:
+                impossible.append(f"{size} {name}: {exc}")
+    assert not impossible, "rows above their measured peak:\n" + "\n".join(impossible)

@@ -218,3 +218,112 @@ def test_paper_claim_ignores_rows_that_failed_the_accuracy_gates() -> None:
     assert "| 100 (100-100) | 10.00 | — | — | — | 5 | FAILED |" in text
     assert "| 500 (500-500) | 2.00 | — | — | — | 5 | not gated |" in text
     assert "GFLOPs per image" not in text  # none were counted
+
+
+def test_percent_of_peak_refuses_a_figure_above_100() -> None:
+    from bench.flops import ImpossibleFigure, percent_of_peak
+
+    assert percent_of_peak(50.0, 200.0) == pytest.approx(25.0)
+    assert percent_of_peak(200.0, 200.0) == pytest.approx(100.0)
+    with pytest.raises(ImpossibleFigure, match="110% of the measured peak 200"):
+        percent_of_peak(220.0, 200.0)
+    with pytest.raises(ImpossibleFigure):
+        percent_of_peak(10.0, 0.0)  # no peak measured: no percentage either
+
+
+def test_peak_is_the_best_round_of_the_fastest_kernel_per_precision() -> None:
+    from bench.flops import PeakKernel, peak_gflops
+
+    def kernel(key: str, precision: str) -> PeakKernel:
+        return PeakKernel(key, precision, key, 2e9, lambda: None)
+
+    kernels = {k: kernel(k, p) for k, p in (("f", "fp32"), ("i1", "int8"), ("i2", "int8"))}
+    times = {"f": [0.04, 0.02, 0.05], "i1": [0.01, 0.02], "i2": [0.004, 0.009], "row": [1.0]}
+    peaks = peak_gflops(kernels, times)
+    assert peaks == {"fp32": (pytest.approx(100.0), "f"), "int8": (pytest.approx(500.0), "i2")}
+
+
+def test_peak_kernels_compute_the_gemm_they_are_credited_with() -> None:
+    import torch
+
+    from bench.flops import peak_kernels
+
+    kernels = peak_kernels(threads=1, size=64)
+    assert {k.precision for k in kernels.values()} == {"fp32", "int8"}
+    assert all(k.flops == 2 * 64**3 for k in kernels.values())
+    (product,) = kernels["peak-int8-onnxruntime"].call()
+    assert product.shape == (64, 64) and product.dtype == np.int32
+    assert tuple(kernels["peak-fp32-torch"].call().shape) == (64, 64)
+    if "peak-int8-torch" in kernels:
+        assert kernels["peak-int8-torch"].call().dtype == torch.int32
+
+
+def _real_size_row(results: Results, backend: str, precision: str, ms: float, peak: float):
+    results.real_sizes[("r18", backend)] = Latency(
+        backend, MODEL, 1, [ms / 1000] * 3,
+        {"runtime": "ONNX Runtime", "precision": precision, "gflops": 10.0,
+         "peak_gflops": peak, "peak_kernel": f"{precision} gemm", "peak_how": "best of 3"},
+    )  # fmt: skip
+
+
+def test_real_sizes_int8_row_is_divided_by_the_int8_peak() -> None:
+    from bench.report import impossible_rows
+
+    results = Results()
+    _real_size_row(results, "onnx-fp32", "fp32", 100.0, 200.0)  # 100 GFLOP/s of 200
+    _real_size_row(results, "onnx-int8", "int8", 50.0, 800.0)  # 200 GOP/s of 800 (not of 200)
+    text = render_markdown(results)
+    assert "| 100 | 50% |" in text
+    assert "| 200 | 25% |" in text and "100%" not in text
+    assert "fp32 200 GFLOP/s (fp32 gemm, best of 3); int8 800 GOP/s (int8 gemm" in text
+    assert impossible_rows(results) == []
+
+
+def test_real_sizes_refuse_a_row_above_its_peak() -> None:
+    from bench.report import impossible_rows
+
+    results = Results()
+    _real_size_row(results, "onnx-fp32", "fp32", 40.0, 200.0)  # 250 GFLOP/s > peak 200
+    text = render_markdown(results)
+    assert "| 250 | refused: above peak |" in text and "125%" not in text.split("Refused")[0]
+    assert impossible_rows(results) == [
+        "R18 onnx-fp32: 250 GFLOP/s is 125% of the measured peak 200: the measurement is "
+        "wrong (not printed)"
+    ]
+
+
+def test_require_fails_a_broken_row_and_skips_one_not_asked_for() -> None:
+    from bench.backends import Unavailable, require
+
+    backends = {
+        "onnx-int8": Unavailable("onnx-int8", "int8", "FAILED", "build: RuntimeError: boom"),
+        "onnx-fp16": Unavailable("onnx-fp16", "fp16", "skipped", "GPU only, not run on cpu"),
+        "openvino-int8": Unavailable("openvino-int8", "int8", "missing", "not exported"),
+    }
+    with pytest.raises(pytest.fail.Exception, match="onnx-int8: FAILED: build: RuntimeError"):
+        require(backends, "onnx-int8")
+    with pytest.raises(pytest.skip.Exception, match="GPU only"):
+        require(backends, "onnx-fp16")
+    with pytest.raises(pytest.skip.Exception, match="not exported"):
+        require(backends, "openvino-int8")
+    with pytest.raises(pytest.skip.Exception, match="not part of this run"):
+        require(backends, "pytorch-compile")
+
+
+def test_a_converter_crash_or_a_missing_requested_variant_is_failed(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bench.backends import _variant_row
+
+    onnx = tmp_path / "model.onnx"
+    crash = {"model": "model.int8.onnx", "passed": False, "failures": ["build: ValueError: x"]}
+    (tmp_path / "model.int8.verify.failed.json").write_text(json.dumps(crash))
+    variants = find_variants(onnx, requested=("int8", "fp16"))
+    assert variants["int8"].status == "FAILED" and "build: ValueError: x" in variants["int8"].reason
+    assert variants["fp16"].status == "FAILED"  # asked for, neither file nor failure report
+    assert find_variants(onnx)["fp16"].status == "missing"  # not asked for: not judged
+    cpu = SimpleNamespace(variants=("int8",), device="cpu")
+    _, row = _variant_row("onnx-fp16", "fp16", variants["fp16"], cpu, requested=("fp16",))
+    assert row is not None and row.status == "FAILED"  # failed, though not run on a CPU
+    _, row = _variant_row("onnx-fp16", "fp16", find_variants(onnx)["fp16"], cpu)
+    assert row is not None and row.status == "skipped"

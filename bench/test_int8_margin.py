@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.backends import Unavailable
+from bench.backends import require
 from bench.gates import outputs_to_boxes
 from bench.report import Results
 from bench.settings import MAP_TOLERANCE, TRAINED_MAP, BenchOptions
@@ -89,33 +89,22 @@ def subsets(backends: dict[str, Any], testset: Any, parity_feeds: list) -> Subse
     return Subsets(reference, testset.targets, export_images())
 
 
-def _int8_backend(name: str, backends: dict[str, Any], artifacts: Any) -> Any:
-    """The int8 row; a variant that export refused fails here (its margin is gone)."""
-    variant = artifacts.variants.get("int8")
-    if variant is not None and variant.status == "FAILED":
-        pytest.fail(f"{name}: {variant.reason}", pytrace=False)
-    backend = backends.get(name)
-    if backend is None or isinstance(backend, Unavailable):
-        why = "not part of this run" if backend is None else f"{backend.status}: {backend.reason}"
-        pytest.skip(f"{name}: {why}")
-    return backend
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BACKENDS)
 def test_int8_margin(
     benchmark: Any,
+    request: pytest.FixtureRequest,
     name: str,
-    backends: Any,
-    artifacts: Any,
-    parity_feeds: list,
-    subsets: Subsets,
     bench_options: BenchOptions,
     results: Results,
 ) -> None:
-    if bench_options.fast:
+    if bench_options.fast:  # before the fixtures below: no subsets to score for nothing
         pytest.skip("--fast: the margin is measured on the benchmarked model; run without --fast")
-    backend = _int8_backend(name, backends, artifacts)
+    # require(): skipped where the row is not run here (a GPU run, OpenVINO not installed),
+    # failed where export refused the variant (its margin is gone).
+    backend = require(request.getfixturevalue("backends"), name)
+    parity_feeds: list = request.getfixturevalue("parity_feeds")
+    subsets: Subsets = request.getfixturevalue("subsets")
     gate = MAP_TOLERANCE["int8"]
     reference_map = subsets.ref["all"][0]
     if reference_map < TRAINED_MAP:

@@ -35,6 +35,7 @@ __all__ = [
     "graph_gflops",
     "peak_gflops",
     "peak_kernels",
+    "peak_of",
     "percent_of_peak",
 ]
 
@@ -177,6 +178,13 @@ def peak_gflops(
         if rate > best.get(kernel.precision, (0.0, ""))[0]:
             best[kernel.precision] = (rate, kernel.label)
     return best
+
+
+def peak_of(precision: str, peaks: dict[str, tuple[float, str]]) -> tuple[float | None, str | None]:
+    """The peak a row of ``precision`` is divided by, and its kernel: its OWN precision's
+    (an int8 row against the fp32 peak read 178-303%); none measured, no percentage."""
+    peak, kernel = peaks.get(precision, (None, None))
+    return peak, kernel
 
 
 def percent_of_peak(rate: float, peak: float) -> float:

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from bench.backends import OnnxBackend, TorchBackend
-from bench.flops import ImpossibleFigure, graph_gflops, peak_gflops, peak_kernels, percent_of_peak
+from bench.flops import (
+    ImpossibleFigure,
+    graph_gflops,
+    peak_gflops,
+    peak_kernels,
+    peak_of,
+    percent_of_peak,
+)
 from bench.ov_backend import OpenVinoBackend, openvino_version
 from bench.real_sizes import (
     IMAGE_SIZE,
@@ -82,7 +89,7 @@ def test_real_size_latency(
     peaks = peak_gflops(kernels, times)
     impossible = []
     for name, backend in backends.items():
-        peak, kernel = peaks.get(backend.precision, (None, None))
+        peak, kernel = peak_of(backend.precision, peaks)
         latency = Latency(
             name, MODEL, 1, times[name],
             {

@@ -258,6 +258,15 @@ def test_peak_kernels_compute_the_gemm_they_are_credited_with() -> None:
         assert kernels["peak-int8-torch"].call().dtype == torch.int32
 
 
+def test_a_row_is_divided_by_the_peak_of_its_own_precision() -> None:
+    from bench.flops import peak_of
+
+    peaks = {"fp32": (200.0, "torch.mm"), "int8": (800.0, "MatMulInteger")}
+    assert peak_of("int8", peaks) == (800.0, "MatMulInteger")
+    assert peak_of("fp32", peaks) == (200.0, "torch.mm")
+    assert peak_of("int8", {"fp32": (200.0, "torch.mm")}) == (None, None)  # never fp32's
+
+
 def _real_size_row(results: Results, backend: str, precision: str, ms: float, peak: float):
     results.real_sizes[("r18", backend)] = Latency(
         backend, MODEL, 1, [ms / 1000] * 3,

@@ -73,3 +73,25 @@ def test_one_negated_class_logit_fails_the_gates(setup):
     consistency, diff, failures = _gate(broken, feeds, targets, reference, "broken")
     assert consistency < 0.99 and diff < -0.002
     assert any("consistency" in f for f in failures) and any("mAP50:95" in f for f in failures)
+
+
+def _boxes(shift: float, scores: list[float]) -> Boxes:
+    xyxy = np.array([[10 + 30 * i + shift, 10, 30 + 30 * i + shift, 40] for i in range(4)], float)
+    return Boxes(xyxy, np.array([0, 1, 0, 1]), np.array(scores))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("shift", "fails"), [(0.0, False), (12.0, True)])
+def test_int8_consistency_gate_is_active_on_a_trained_reference(shift: float, fails: bool):
+    """The int8 row of a trained reference (mAP >= TRAINED_MAP) is held to CONSISTENCY_MIN:
+    boxes moved by 12 px (IoU ~0.25) fail it even where mAP happens to match."""
+    from bench.settings import CONSISTENCY_MIN, TRAINED_MAP
+
+    reference_boxes = [_boxes(0.0, [0.9, 0.8, 0.7, 0.6]) for _ in range(3)]
+    reference = Reference({"map": 0.5}, reference_boxes)
+    assert reference.trained and reference.metrics["map"] >= TRAINED_MAP
+    candidate = [_boxes(shift, [0.9, 0.8, 0.7, 0.6]) for _ in range(3)]
+    consistency, diff, failures = check_row("onnx-int8", "int8", {"map": 0.5}, candidate, reference)
+    assert diff == 0.0  # the mAP gate alone would pass both
+    assert (consistency < CONSISTENCY_MIN["int8"]) is fails
+    assert any("consistency" in f for f in failures) is fails

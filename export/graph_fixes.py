@@ -13,19 +13,22 @@ ONNX Runtime 1.32 (CPU), comparing raw outputs (``logits``, ``pred_boxes``) per 
   at ``aten::_upsample_bicubic2d_aa``.
 * ``rt_detr_v2``, ``d_fine`` and ``deimv2`` with ``decoder_method="discrete"`` need one
   (:func:`_discrete_sampling_grid`): their graphs were right at the trace size only.
-* With the default decoder method, ``d_fine`` and ``deimv2`` need none. The reported divergence
-  (raw logits off by 3.06 / 4.06, boxes by 0.98, on the very trace input) comes from ties, not
-  from the graph, and RT-DETRv2's default config shows it too (logits 0.71, boxes 0.99): with
-  random init the encoder's activations vanish (std 1.4e-10 in D-FINE at 640 px), the 8400
-  query-selection scores take 2 (D-FINE) or 8 (RT-DETRv2) distinct values, and ``torch.topk``
-  and ONNX ``TopK`` break ties differently (``TopK`` takes the lowest indices, as its spec says;
-  ``torch.topk`` on CPU returned indices from 5571 up for an all-zero row of 8400), so 583 of
-  the 600 selected queries (D-FINE) come from other encoder positions, with other anchors. With
-  batch norms set to batch statistics (untied scores), the same default configs select the same
-  300 positions in both backends and, per position, logits agree to 2.6e-3 (D-FINE), 3.4e-3
-  (DEIMv2), 6.8e-5 (RT-DETRv2) and boxes to 1.1e-6; the per-query order can still differ
-  where two selection scores are within ONNX Runtime's rounding (gaps of 5e-6). Small configs
-  agree to 3.2e-5 (logits) and 7e-7 (boxes) per query; see ``tests/test_family_export.py``.
+* ``deimv2`` with a DINOv3 backbone needs one (:func:`_deimv2_dinov3_sizes`): its graph ran
+  at the trace size only.
+* With the default decoder method, ``d_fine`` and ``deimv2`` (HGNetV2) need none. The reported
+  divergence (raw logits off by 3.06 / 4.06, boxes by 0.98, on the very trace input) comes from
+  ties, not from the graph, and RT-DETRv2's default config shows it too (logits 0.71, boxes
+  0.99): with random init the encoder's activations vanish (std 1.4e-10 in D-FINE at 640 px),
+  the 8400 query-selection scores take 2 (D-FINE) or 8 (RT-DETRv2) distinct values, and
+  ``torch.topk`` and ONNX ``TopK`` break ties differently (``TopK`` takes the lowest indices, as
+  its spec says; ``torch.topk`` on CPU returned indices from 5571 up for an all-zero row of
+  8400), so 583 of the 600 selected queries (D-FINE) come from other encoder positions, with
+  other anchors. With batch norms set to batch statistics (untied scores), the same default
+  configs select the same 300 positions in both backends and, per position, logits agree to
+  2.6e-3 (D-FINE), 3.4e-3 (DEIMv2), 6.8e-5 (RT-DETRv2) and boxes to 1.1e-6; the per-query order
+  can still differ where two selection scores are within ONNX Runtime's rounding (gaps of 5e-6).
+  Small configs agree to 3.2e-5 (logits) and 7e-7 (boxes) per query; see
+  ``tests/test_family_export.py``.
 * ``rt_detr`` needs none.
 """
 
@@ -249,11 +252,91 @@ def _swapped_on_instances(model: Any, name: str) -> Iterator[None]:
             setattr(module, name, original)
 
 
+def _scaled_patches(patches: Any, exponent: int) -> Any:
+    """``int(patches * 2**exponent)`` in integer arithmetic, so that a traced size stays a
+    traced size (``int()`` of it would be recorded as the trace size's constant)."""
+    return patches * 2**exponent if exponent >= 0 else patches // 2**-exponent
+
+
+def _deimv2_dinov3_sizes(model: Any) -> contextlib.AbstractContextManager[None]:
+    """DEIMv2 with a DINOv3 backbone (the S/M/L/X layout): the semantic feature maps are
+    resized to sizes that follow the input instead of the trace size's.
+
+    What is wrong: ``Deimv2DINOv3ConvEncoder.forward`` computes each resize target as
+    ``int(height_patches * 2 ** (num_scales - 2 - i))``; ``int()`` of a traced size is recorded
+    as a constant. Measured on a small DEIMv2/DINOv3 traced at 64 px: right at 64 px (logits
+    within 1e-5), and at 96x128 px ONNX Runtime stops with "Concat ... Non concat axis
+    dimensions must match".
+
+    The fix: the same forward with the target sizes in integer arithmetic
+    (:func:`_scaled_patches`: ``n * 2**k`` or ``n // 2**-k``, equal to ``int(n * 2**k)`` for
+    the non-negative sizes here), so the graph keeps them symbolic. Nothing else changes.
+    After it the same model is within 9e-6 (logits) and 2.4e-7 (boxes) at 96x128 px too.
+    """
+    import torch.nn.functional as F
+    from transformers.models.deimv2.modeling_deimv2 import Deimv2DINOv3ConvEncoder
+
+    encoders = [m for m in model.modules() if isinstance(m, Deimv2DINOv3ConvEncoder)]
+
+    def patched(module: Deimv2DINOv3ConvEncoder) -> Callable[..., list[torch.Tensor]]:
+        def forward(pixel_values: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
+            feature_maps = module.backbone(pixel_values, **kwargs).feature_maps
+            patch_size = module.backbone.config.patch_size
+            height_patches = pixel_values.shape[2] // patch_size
+            width_patches = pixel_values.shape[3] // patch_size
+            num_scales = len(feature_maps)
+            semantic_features = []
+            for i, feature in enumerate(feature_maps):
+                size = [
+                    _scaled_patches(height_patches, num_scales - 2 - i),
+                    _scaled_patches(width_patches, num_scales - 2 - i),
+                ]
+                semantic_features.append(
+                    F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+                )
+            detail_features = module.spatial_tuning_adapter(pixel_values)
+            return [
+                module.fusion_proj[i](torch.cat([semantic.to(detail.device), detail], dim=1))
+                for i, (semantic, detail) in enumerate(
+                    zip(semantic_features, detail_features, strict=False)
+                )
+            ]
+
+        return forward
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        for module in encoders:
+            module.forward = patched(module)
+        try:
+            yield
+        finally:
+            for module in encoders:
+                del module.forward  # the class's forward is visible again
+
+    return context()
+
+
+def _together(
+    *factories: Callable[[Any], contextlib.AbstractContextManager[None]],
+) -> Callable[[Any], contextlib.AbstractContextManager[None]]:
+    """One patch factory entering each of ``factories`` (each decides whether it applies)."""
+
+    @contextlib.contextmanager
+    def combined(model: Any) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for factory in factories:
+                stack.enter_context(factory(model))
+            yield
+
+    return combined
+
+
 # model_type -> patch factory; RT-DETR (v1) is measured to export exactly without one.
 _PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "rt_detr_v2": _discrete_sampling_grid,
     "d_fine": _discrete_sampling_grid,
-    "deimv2": _discrete_sampling_grid,
+    "deimv2": _together(_discrete_sampling_grid, _deimv2_dinov3_sizes),
     "rf_detr": _rf_detr_position_embeddings,
 }
 PATCHED_MODEL_TYPES = tuple(_PATCHES)

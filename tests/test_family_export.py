@@ -46,12 +46,13 @@ OPSET = 17
 # raw logits differ by <= 1e-6 (RT-DETRv2), 3.2e-5 (D-FINE/DEIMv2), 6e-7 (RF-DETR); boxes by
 # <= 7e-7 (normalised); detections' boxes by <= 6e-4 px at 640 px, scores by <= 1.2e-5.
 # Without the patches of export.graph_fixes: RF-DETR does not export; the discrete decoders
-# are off at 96x128 px by 7.3e-3 (RT-DETRv2) and 2.0 (D-FINE) in logits; a wrong resize kernel
-# for RF-DETR (Keys a=-0.75 instead of -0.5) moves its logits by 0.21.
+# are off at 96x128 px by 7.3e-3 (RT-DETRv2) and 2.0 (D-FINE) in logits; DEIMv2/DINOv3 does not
+# run at 96x128 px; a wrong resize kernel for RF-DETR (Keys a=-0.75, not -0.5) moves its logits
+# by 0.21.
 LOGITS_ATOL = 2e-4
 BOXES_ATOL = 2e-6  # normalised cxcywh
 SCORES_ATOL = 5e-5  # sigmoid of the logits
-BOXES_PX_ATOL = 1e-3  # xyxy at 64-96 px
+BOXES_PX_ATOL = 2e-3  # xyxy in pixels of a 640x480 original: BOXES_ATOL x 640, rounded up
 # Any two of the encoder's top k+1 selection scores must be further apart than twice ONNX
 # Runtime's deviation from PyTorch on those scores (measured: <= 1e-6 for RT-DETRv2, <= 5.5e-5
 # for D-FINE/DEIMv2; the gaps of these models and inputs are >= 5e-5 and >= 1.6e-4), so that
@@ -157,6 +158,27 @@ def _deimv2() -> Any:
     return Deimv2ForObjectDetection(Deimv2Config(**_dfine_style()))
 
 
+def _deimv2_dinov3() -> Any:
+    """DEIMv2's S/M/L/X layout: a DINOv3 ViT plus the spatial tuning adapter."""
+    from transformers import Deimv2Config, Deimv2ForObjectDetection, DINOv3ViTConfig
+
+    backbone = DINOv3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        patch_size=16,
+        image_size=IMAGE,
+        out_indices=[1, 2, 3],
+    )
+    config = _dfine_style(
+        backbone_config=backbone,
+        encoder_in_channels=[32, 32, 32],
+        spatial_tuning_adapter_inplanes=8,
+    )
+    return Deimv2ForObjectDetection(Deimv2Config(**config))
+
+
 def _rf_detr() -> Any:
     from transformers import RfDetrConfig, RfDetrDinov2Config, RfDetrForObjectDetection
 
@@ -195,6 +217,7 @@ FAMILIES: dict[str, Callable[[], Any]] = {
     "d_fine": _d_fine,
     "d_fine_discrete": lambda: _d_fine("discrete"),
     "deimv2": _deimv2,
+    "deimv2_dinov3": _deimv2_dinov3,
     "rf_detr": _rf_detr,
 }
 
@@ -224,9 +247,13 @@ def build_uncalibrated(family: str, seed: int = 0) -> Any:
     return FAMILIES[family]().eval()
 
 
-def build(family: str, seed: int = 0) -> Any:
+# Seeds other than 0 where seed 0's query selection has too small a margin (9e-5, DINOv3).
+SEEDS = {"deimv2_dinov3": 1}
+
+
+def build(family: str, seed: int | None = None) -> Any:
     """A calibrated tiny model of ``family`` in eval mode."""
-    torch.manual_seed(seed)
+    torch.manual_seed(SEEDS.get(family, 0) if seed is None else seed)
     model = FAMILIES[family]()
     _calibrate(model, _pixels(2, IMAGE, IMAGE, seed=100))
     return model.eval()
@@ -316,9 +343,11 @@ def test_family_exports_and_matches_pytorch(family: str, tmp_path: Path) -> None
         with torch.no_grad():
             labels, boxes, scores = (t.numpy() for t in deploy(images, sizes))
         got = session.run(None, {"images": images.numpy(), "orig_target_sizes": sizes.numpy()})
-        assert np.array_equal(labels, got[0]), f"{family}: labels differ at batch {batch}"
-        assert np.abs(boxes - got[1]).max() <= BOXES_PX_ATOL, f"{family}: boxes (px)"
-        assert np.abs(scores - got[2]).max() <= SCORES_ATOL, f"{family}: scores"
+        where = f"{family} batch {batch} {height}x{width}"
+        assert np.array_equal(labels, got[0]), f"{where}: labels differ"
+        boxes_px, scores_diff = np.abs(boxes - got[1]).max(), np.abs(scores - got[2]).max()
+        assert boxes_px <= BOXES_PX_ATOL, f"{where}: boxes differ by {boxes_px} px"
+        assert scores_diff <= SCORES_ATOL, f"{where}: scores differ by {scores_diff}"
 
 
 @pytest.mark.unit

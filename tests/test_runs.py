@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -169,10 +170,10 @@ def _swap_watching_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list
     monkeypatch.setattr(runs, "_exchange", watch("exchange", real_exchange))
 
     def write(tmp: Path) -> None:
-        (tmp / "config.json").write_text("new")
+        (tmp / "config.json").write_text('{"version": "new"}')
 
     atomic_write_dir(best, write)
-    assert (best / "config.json").read_text() == "new"
+    assert (best / "config.json").read_text() == '{"version": "new"}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temp, no best.prev
     return gaps
 
@@ -182,6 +183,32 @@ def test_best_is_never_absent_during_its_swap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert _swap_watching_best(tmp_path, monkeypatch) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "problem"),
+    [
+        ("config.json", b'{"model_type": "rt_de', "not complete JSON"),
+        ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"w": {"dtype":', None),
+    ],
+)
+def test_a_folder_written_incomplete_is_not_published(tmp_path: Path, name, data, problem):
+    """What a library left short (it reported success) is read back before the swap: the
+    old best/ stays, the error is the one-line full-disk kind (exit status 3)."""
+    from runtime.files import IncompleteWriteError, cannot_write
+
+    best = _folder(tmp_path / "best", "config.json")
+    (best / "config.json").write_text('{"version": "old"}')
+
+    def write(tmp: Path) -> None:
+        (tmp / "config.json").write_text('{"version": "new"}')
+        (tmp / name).write_bytes(data)
+
+    with pytest.raises(IncompleteWriteError, match=problem or "shorter than its header") as info:
+        atomic_write_dir(best, write)
+    assert cannot_write(info.value) and name in str(info.value)
+    assert json.loads((best / "config.json").read_text()) == {"version": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]
 
 
 def test_without_an_atomic_exchange_the_old_swap_still_works(

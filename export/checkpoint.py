@@ -104,27 +104,21 @@ def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
 
     Raises:
         ExportError: The folder is missing, a file is missing or corrupt, the model is not
-            of an exportable family, or weights are missing from ``model.safetensors``.
+            of a supported family, or weights are missing from ``model.safetensors``.
     """
     from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-    from finetune.families import FAMILIES, UnknownFamilyError, family_of
+    from finetune.families import UnknownFamilyError, family_of
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"checkpoint folder {folder} does not exist")
     config = _read_json(folder / "config.json", "model config")
     try:
-        family = family_of(config.get("model_type"))
+        family_of(config.get("model_type"))
     except UnknownFamilyError as exc:
         raise ExportError(f"{folder / 'config.json'}: {exc}") from None
-    if not family.exportable:
-        raise ExportError(
-            f"{folder / 'config.json'}: {family.title} ({family.model_type}) fine-tunes here, "
-            "but its ONNX export is not verified yet, so it is not exported; exportable: "
-            + ", ".join(f.model_type for f in FAMILIES.values() if f.exportable)
-        )
     _read_json(
         folder / "preprocessor_config.json",
         "image processor config; save it with processor.save_pretrained(folder)",

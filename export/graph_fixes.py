@@ -113,7 +113,15 @@ def _rf_detr_position_embeddings(model: Any) -> contextlib.AbstractContextManage
             grid_embed = patch_pos_embed.reshape(grid, grid, dim).permute(2, 0, 1)  # [dim, g, g]
             rows = antialiased_bicubic_weights(grid, height // module.patch_size, torch.float32)
             cols = antialiased_bicubic_weights(grid, width // module.patch_size, torch.float32)
-            resized = rows @ grid_embed.to(torch.float32) @ cols.transpose(0, 1)  # [dim, h, w]
+            # W_h @ P @ W_w.T per channel, written as two 2-D MatMuls over all channels at
+            # once: OpenVINO 2026.4's CPU plugin refuses the broadcast form (rank 2 @ rank 3:
+            # "Can't create dummy inputs if argument shapes ranks are not equal"; with the
+            # weights unsqueezed to rank 3 its FullyConnected fusion breaks at run time).
+            h_out, w_out = rows.shape[0], cols.shape[0]
+            grid32 = grid_embed.to(torch.float32)  # [dim, g, g]
+            by_cols = (grid32.reshape(dim * grid, grid) @ cols.t()).reshape(dim, grid, w_out)
+            by_rows = by_cols.transpose(1, 2).reshape(dim * w_out, grid) @ rows.t()
+            resized = by_rows.reshape(dim, w_out, h_out).transpose(1, 2)  # [dim, h, w]
             resized = resized.to(target_dtype).permute(1, 2, 0).reshape(1, -1, dim)
             return torch.cat((class_pos_embed, resized), dim=1)
 

@@ -51,10 +51,6 @@ class Family:
         scratch_config: ``id2label -> config``: a small architecture for a 2-core CPU.
         scratch_processor: ``image size -> image processor`` of that architecture.
         scratch_size: Its square input size in pixels.
-        exportable: ``python -m export`` takes it: its exported graph passes verification.
-            Off for D-FINE, DEIMv2 (their graph was measured wrong: logits off by 3.0 on
-            the trace input itself) and RF-DETR (``aten::_upsample_bicubic2d_aa`` has no
-            ONNX export at opset 17) until their export is fixed.
     """
 
     model_type: str
@@ -66,7 +62,6 @@ class Family:
     scratch_config: Callable[[dict[int, str]], Any]
     scratch_processor: Callable[[int], Any]
     scratch_size: int = 192
-    exportable: bool = False
 
     def model(self, config: Any) -> Any:
         """A randomly initialised model of this family for ``config``."""
@@ -215,7 +210,6 @@ FAMILIES: dict[str, Family] = {
             ("PekingU/rtdetr_r18vd", "PekingU/rtdetr_r50vd", "PekingU/rtdetr_r50vd_coco_o365"),
             _rt_detr,
             _rtdetr_processor,
-            exportable=True,
         ),
         Family(
             "rt_detr_v2",
@@ -226,7 +220,6 @@ FAMILIES: dict[str, Family] = {
             ("PekingU/rtdetr_v2_r18vd", "PekingU/rtdetr_v2_r50vd"),
             _rt_detr_v2,
             _rtdetr_processor,
-            exportable=True,
         ),
         Family(
             "d_fine",

@@ -16,6 +16,12 @@ from finetune.model import CheckpointError, load_model_and_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 THREE = {0: "a", 1: "b", 2: "c"}
+# Families whose small model, two steps from random init, no longer ties its encoder scores
+# at the query selection (measured, seed 0). RT-DETRv2's still does on every verification
+# image: export refuses it ("parity is undefined for this checkpoint", the two runtimes break
+# ties differently); a tie-robust parity check is the open part of issue 17. Its graph is
+# verified on a calibrated model in tests/test_family_export.py.
+UNTIED_AFTER_TWO_STEPS = ("d_fine", "deimv2", "rf_detr")
 TWO = {0: "circle", 1: "square"}
 
 
@@ -25,8 +31,6 @@ def test_the_five_families_and_a_clear_error_for_others():
     assert family_of("d_fine").title == "D-FINE"
     with pytest.raises(UnknownFamilyError, match=r"'lw_detr' is not a supported.*rt_detr, "):
         family_of("lw_detr")
-    exportable = [f.model_type for f in FAMILIES.values() if f.exportable]
-    assert exportable == ["rt_detr", "rt_detr_v2"]
 
 
 @pytest.mark.unit
@@ -91,7 +95,8 @@ def test_class_heads_are_reinitialised_for_the_dataset(model_type, tmp_path):
 @pytest.mark.parametrize("model_type", ["rt_detr_v2", "d_fine", "deimv2", "rf_detr"])
 def test_finetune_scratch_family(model_type, mini_dataset, tmp_path):
     """``python -m finetune --checkpoint scratch:FAMILY``: trains, evaluates, writes best/
-    (a checkpoint of that family), metrics.json (with the family) and the pictures."""
+    (a checkpoint of that family), metrics.json (with the family) and the pictures; the run
+    then exports and verifies (ONNX Runtime and OpenVINO), the family in its metadata."""
     from transformers import AutoModelForObjectDetection
 
     out = tmp_path / "run"
@@ -114,3 +119,13 @@ def test_finetune_scratch_family(model_type, mini_dataset, tmp_path):
     assert best.config.id2label == {0: "circle", 1: "square"}
     for picture in ("curves.png", "confusion_matrix.png", "predictions.png"):
         assert (out / picture).stat().st_size > 0
+
+    # and the run exports: verified against PyTorch in ONNX Runtime and OpenVINO
+    if model_type not in UNTIED_AFTER_TWO_STEPS:
+        return
+    from export import export_checkpoint
+
+    result = export_checkpoint(out, out / "model.onnx", threads=1)
+    assert result.report["passed"] and result.metadata.extra["model_type"] == model_type
+    sidecar = json.loads((out / "model.json").read_text())
+    assert [r["passed"] for r in sidecar["verified"]["runtimes"]] == [True, True]

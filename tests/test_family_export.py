@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from export.graph_fixes import antialiased_bicubic_weights, export_patches
 from export.onnx_export import trace_to_onnx
+from export.openvino_session import OpenVinoSession, openvino_version
 from finetune.postprocess import DeployModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,6 +50,11 @@ OPSET = 17
 # are off at 96x128 px by 7.3e-3 (RT-DETRv2) and 2.0 (D-FINE) in logits; DEIMv2/DINOv3 does not
 # run at 96x128 px; a wrong resize kernel for RF-DETR (Keys a=-0.75, not -0.5) moves its logits
 # by 0.21.
+# OpenVINO 2026.4 cannot read these graphs (ONNX Runtime runs them, within the tolerances
+# below): its shape inference rejects the DINOv3 embeddings' Concat of the class token,
+# the register tokens and the patches. Export's own OpenVINO check reports such a file as
+# wrong there; the test fails once OpenVINO reads it, so the entry can go.
+OPENVINO_REFUSES = {"deimv2_dinov3": "Conversion is failed for: Concat"}
 LOGITS_ATOL = 2e-4
 BOXES_ATOL = 2e-6  # normalised cxcywh
 SCORES_ATOL = 5e-5  # sigmoid of the logits
@@ -335,19 +341,28 @@ def test_family_exports_and_matches_pytorch(family: str, tmp_path: Path) -> None
 
     contract = tmp_path / "model.onnx"
     trace_to_onnx(model, contract, opset=OPSET, input_size=(IMAGE, IMAGE))
-    session = _session(contract)
+    sessions = {"onnxruntime": _session(contract)}
+    if openvino_version() is not None and family in OPENVINO_REFUSES:
+        with pytest.raises(RuntimeError, match=OPENVINO_REFUSES[family]):
+            OpenVinoSession(contract, threads=1)
+    elif openvino_version() is not None:  # the [openvino] extra (in [dev], so on CI)
+        # RF-DETR's position-embedding resize once compiled in ONNX Runtime only: OpenVINO's
+        # CPU plugin refused its broadcast MatMuls (export.graph_fixes)
+        sessions["openvino"] = OpenVinoSession(contract, threads=1)
     deploy = DeployModel(model).eval()
     for batch, (height, width) in checked:
         images = _pixels(batch, height, width, seed=2)
         sizes = torch.tensor([[640, 480], [width, height]][:batch], dtype=torch.int64)
         with torch.no_grad():
             labels, boxes, scores = (t.numpy() for t in deploy(images, sizes))
-        got = session.run(None, {"images": images.numpy(), "orig_target_sizes": sizes.numpy()})
-        where = f"{family} batch {batch} {height}x{width}"
-        assert np.array_equal(labels, got[0]), f"{where}: labels differ"
-        boxes_px, scores_diff = np.abs(boxes - got[1]).max(), np.abs(scores - got[2]).max()
-        assert boxes_px <= BOXES_PX_ATOL, f"{where}: boxes differ by {boxes_px} px"
-        assert scores_diff <= SCORES_ATOL, f"{where}: scores differ by {scores_diff}"
+        feed = {"images": images.numpy(), "orig_target_sizes": sizes.numpy()}
+        for runtime, session in sessions.items():
+            got = session.run(["labels", "boxes", "scores"], feed)
+            where = f"{family} in {runtime}, batch {batch} {height}x{width}"
+            assert np.array_equal(labels, got[0]), f"{where}: labels differ"
+            boxes_px, scores_diff = np.abs(boxes - got[1]).max(), np.abs(scores - got[2]).max()
+            assert boxes_px <= BOXES_PX_ATOL, f"{where}: boxes differ by {boxes_px} px"
+            assert scores_diff <= SCORES_ATOL, f"{where}: scores differ by {scores_diff}"
 
 
 @pytest.mark.unit

@@ -100,12 +100,14 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
-    """Load an RT-DETR checkpoint folder for export, refusing anything incomplete.
+    """Load a checkpoint folder of any family for export (in float32), refusing anything
+    incomplete.
 
     Raises:
         ExportError: The folder is missing, a file is missing or corrupt, the model is not
             of a supported family, or weights are missing from ``model.safetensors``.
     """
+    import torch
     from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
@@ -126,8 +128,10 @@ def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # float32 whatever the file stores: the float16 warm start crashed the trace
+            # with a Half/Float mismatch (the pixels and the post-processing are float32)
             model, info = AutoModelForObjectDetection.from_pretrained(
-                folder, local_files_only=True, output_loading_info=True
+                folder, local_files_only=True, output_loading_info=True, dtype=torch.float32
             )
             processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:

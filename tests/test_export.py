@@ -471,3 +471,14 @@ def test_int8_sym_variant_sidecar_lists_each_runtime_and_what_was_not_run(
     assert sidecar["verified"]["not_verified"] == report["not_verified"]
     if openvino_version():
         assert report["openvino"]["runtime"] == f"openvino {openvino_version()}"
+
+
+@pytest.mark.slow
+def test_a_float16_checkpoint_exports_in_float32(tmp_path: Path) -> None:
+    """The shipped warm start stores float16 weights: the trace crashed on a Half/Float
+    mismatch. It is loaded in float32, exported and the graph checks pass."""
+    from finetune.model import WARMSTART_DIR
+
+    result = export_checkpoint(WARMSTART_DIR, tmp_path / "model.onnx", verify=False)
+    assert result.report["passed"], result.report["failures"]
+    assert result.metadata.precision == "fp32"

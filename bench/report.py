@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from finetune.runs import atomic_write_json
-from runtime.files import atomic_write_file
+from runtime.files import atomic_write_figure
 
 __all__ = [
     "Accuracy",
@@ -432,7 +432,7 @@ def plot(results: Results, path: Path) -> Path:
         f"{results.environment.get('device', '')}, {results.environment.get('threads', '')} threads"
     )
     fig.tight_layout()
-    atomic_write_file(path, fig.savefig)
+    atomic_write_figure(path, fig)  # rendered in memory, size-checked (runtime.files)
     return path
 
 

@@ -14,16 +14,9 @@ import numpy as np
 import supervision as sv
 
 from finetune.metrics import Boxes
-from runtime.files import atomic_write_encoded
+from runtime.files import atomic_write_figure
 
 __all__ = ["plot_confusion_matrix", "plot_curves", "plot_predictions", "to_detections"]
-
-
-def _save(fig: Any, path: Path, dpi: int) -> None:
-    """Render into memory, then publish with a size check (runtime.files), in the format of
-    ``path``'s suffix."""
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    atomic_write_encoded(path, lambda buffer: fig.savefig(buffer, format=fmt, dpi=dpi))
 
 
 def to_detections(
@@ -59,7 +52,7 @@ def plot_curves(epochs: list[dict[str, Any]], path: Path) -> Path:
     ax_map.set(xlabel="epoch", ylabel="mAP (valid)", title="mAP", ylim=(0, 1))
     ax_map.legend()
     fig.tight_layout()
-    _save(fig, path, dpi=110)
+    atomic_write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -80,7 +73,7 @@ def plot_confusion_matrix(
         iou_threshold=0.5,
     )
     fig = cm.plot(title=f"test split, conf ≥ {threshold}, IoU ≥ 0.5", fig_size=(8, 7))
-    _save(fig, path, dpi=110)
+    atomic_write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -114,6 +107,6 @@ def plot_predictions(
             axes[row][col].set_title(title, fontsize=9)
             axes[row][col].axis("off")
     fig.tight_layout()
-    _save(fig, path, dpi=100)
+    atomic_write_figure(path, fig, dpi=100)
     plt.close(fig)
     return path

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_encoded",
+    "atomic_write_figure",
     "atomic_write_file",
     "atomic_write_json",
     "atomic_write_text",
@@ -196,6 +197,13 @@ def atomic_write_encoded(path: str | Path, encode: Callable[[io.BytesIO], None])
     buffer = io.BytesIO()
     encode(buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_figure(path: str | Path, figure: Any, dpi: float | None = None) -> Path:
+    """Publish a Matplotlib ``figure`` rendered in memory, in the format of ``path``'s suffix
+    (no Matplotlib import here: the figure brings its own ``savefig``)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    return atomic_write_encoded(path, lambda buffer: figure.savefig(buffer, format=fmt, dpi=dpi))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -127,17 +127,7 @@ def _rf_detr_position_embeddings(model: Any) -> contextlib.AbstractContextManage
 
         return interpolate_pos_encoding
 
-    @contextlib.contextmanager
-    def context() -> Iterator[None]:
-        for module in embeddings_modules:
-            module.interpolate_pos_encoding = patched(module)
-        try:
-            yield
-        finally:
-            for module in embeddings_modules:
-                del module.interpolate_pos_encoding  # the class's method is visible again
-
-    return context()
+    return _per_instance(embeddings_modules, "interpolate_pos_encoding", patched)
 
 
 def _discrete_deformable_attention(
@@ -312,17 +302,22 @@ def _deimv2_dinov3_sizes(model: Any) -> contextlib.AbstractContextManager[None]:
 
         return forward
 
-    @contextlib.contextmanager
-    def context() -> Iterator[None]:
-        for module in encoders:
-            module.forward = patched(module)
-        try:
-            yield
-        finally:
-            for module in encoders:
-                del module.forward  # the class's forward is visible again
+    return _per_instance(encoders, "forward", patched)
 
-    return context()
+
+@contextlib.contextmanager
+def _per_instance(
+    modules: list[Any], name: str, make: Callable[[Any], Callable[..., Any]]
+) -> Iterator[None]:
+    """Set ``module.<name> = make(module)`` on each instance while tracing; deleting the
+    instance attribute afterwards makes the class's own method visible again."""
+    for module in modules:
+        setattr(module, name, make(module))
+    try:
+        yield
+    finally:
+        for module in modules:
+            delattr(module, name)
 
 
 def _together(

@@ -31,7 +31,6 @@ from transformers import (
 )
 
 from finetune.families import (
-    FAMILIES,
     SMALL_HYBRID,
     Family,
     UnknownFamilyError,
@@ -56,7 +55,6 @@ logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 SCRATCH = "scratch"
 WARMSTART_DIR = Path(__file__).parent / "assets" / "warmstart"
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
 class CheckpointError(RuntimeError):

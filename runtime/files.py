@@ -151,13 +151,11 @@ def atomic_path(path: str | Path, check: Callable[[Path], None] | None = None) -
         raise
 
 
-def atomic_write_file(
-    path: str | Path, write: Callable[[Path], None], check: Callable[[Path], None] | None = None
-) -> Path:
-    """Let ``write(tmp)`` fill a temporary file, ``check(tmp)`` read it back, then rename it
-    to ``path`` (see :func:`atomic_path`). Prefer :func:`atomic_write_encoded` where the
-    writer can write to a file object: it needs no ``check``."""
-    with atomic_path(path, check) as tmp:
+def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Let ``write(tmp)`` fill a temporary file, then rename it to ``path`` (see
+    :func:`atomic_path`, which also takes a read-back ``check``). Prefer
+    :func:`atomic_write_encoded` where the writer can write to a file object."""
+    with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
 

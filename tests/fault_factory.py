@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import resource
 import signal
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["file_size_limit"]
+__all__ = ["file_size_limit", "run_python"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def file_size_limit(max_bytes: int) -> Callable[[], None]:
@@ -23,3 +28,18 @@ def file_size_limit(max_bytes: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
 
     return apply
+
+
+def run_python(
+    args: Sequence[str], *, limit: int | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in a real process in the repository root, output captured; with
+    ``limit``, no file it writes may grow past ``limit`` bytes (:func:`file_size_limit`)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        preexec_fn=file_size_limit(limit) if limit else None,
+    )

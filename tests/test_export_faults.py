@@ -13,14 +13,10 @@ import hashlib
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from fault_factory import file_size_limit
-
-ROOT = Path(__file__).resolve().parents[1]
+from fault_factory import run_python
 
 # Kill a process at the N-th call of a function, before or after it runs, then run `code`.
 _KILLER = """
@@ -107,10 +103,9 @@ def test_sigkill_at_each_step_of_publishing(tmp_path, target, call, after):
         json.dumps({"model": {"sha256": _sha(folder / "model.slim.onnx")}})
     )
 
-    done = subprocess.run(
-        [sys.executable, "-c", _PUBLISH, str(folder), target, str(call), "1" if after else "0"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+    done = run_python(
+        ["-c", _PUBLISH, str(folder), target, str(call), "1" if after else "0"], timeout=60
+    )
 
     assert done.returncode == -signal.SIGKILL, done.stderr
     model = old.read_bytes()
@@ -142,11 +137,10 @@ def first_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 def _export_again(checkpoint: Path, folder: Path, code: str, limit: int | None = None):
     """``python -m export`` into ``folder`` with another K (a different file), under ``code``."""
     script = code + "\nfrom export.cli import main\nraise SystemExit(main(sys.argv[1:]))"
-    return subprocess.run(
-        [sys.executable, "-c", script, "--checkpoint", str(checkpoint),
-         "--output", str(folder / "model.onnx"), "--num-top-queries", "10", "--threads", "1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-        preexec_fn=file_size_limit(limit) if limit else None,
+    return run_python(
+        ["-c", script, "--checkpoint", str(checkpoint), "--output", str(folder / "model.onnx"),
+         "--num-top-queries", "10", "--threads", "1"],
+        limit=limit,
     )  # fmt: skip
 
 

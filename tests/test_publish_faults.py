@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from fault_factory import file_size_limit
+from fault_factory import run_python
 from PIL import Image
 from runtime_fixtures import photo
 
-ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024
 
 # Annotated outputs in this order (names sorted): a mid-sized one, the largest, the smallest,
@@ -47,11 +45,10 @@ def onnx_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
 def _detect(
     model: Path, source: Path, output: Path, limit: int | None
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", str(model), str(source), "--output", str(output),
+    return run_python(
+        ["-m", "runtime", str(model), str(source), "--output", str(output),
          "--providers", "cpu", "--threads", "1", "--threshold", "0.0"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-        preexec_fn=file_size_limit(limit) if limit else None,
+        limit=limit, timeout=300,
     )  # fmt: skip
 
 
@@ -177,7 +174,7 @@ def test_annotated_video_is_complete_or_absent(onnx_model, video, tmp_path, limi
 @pytest.mark.unit
 def test_publish_checks_the_size_of_what_reached_the_disk(tmp_path):
     """A writer that 'succeeds' with a short file (as Pillow's JPEG writer does) is caught."""
-    from runtime.files import IncompleteWriteError, atomic_write_file, cannot_write
+    from runtime.files import IncompleteWriteError, atomic_path, cannot_write
 
     def short(tmp: Path) -> None:
         tmp.write_bytes(b"12")
@@ -187,8 +184,11 @@ def test_publish_checks_the_size_of_what_reached_the_disk(tmp_path):
             raise IncompleteWriteError(tmp, f"{tmp.stat().st_size} of 4 bytes")
 
     (tmp_path / "x.bin").write_bytes(b"old!")
-    with pytest.raises(IncompleteWriteError, match="2 of 4 bytes") as caught:
-        atomic_write_file(tmp_path / "x.bin", short, check)
+    with (
+        pytest.raises(IncompleteWriteError, match="2 of 4 bytes") as caught,
+        atomic_path(tmp_path / "x.bin", check) as tmp,
+    ):
+        short(tmp)
     assert cannot_write(caught.value)  # reported as a full disk: exit status 3
     assert (tmp_path / "x.bin").read_bytes() == b"old!"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
@@ -226,11 +226,7 @@ def test_finetune_on_a_full_disk_publishes_nothing_incomplete(
     argv = tiny_run_argv(
         mini_dataset, tiny_checkpoint, out, max_steps=2, extra=["--save_steps", "1"]
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "finetune", *argv],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-        preexec_fn=file_size_limit(limit_kib * KIB),
-    )  # fmt: skip
+    done = run_python(["-m", "finetune", *argv], limit=limit_kib * KIB)
 
     assert done.returncode == 3, done.stderr[-3000:]
     assert "Traceback" not in done.stderr

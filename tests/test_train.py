@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from transformers import AutoImageProcessor, AutoModelForObjectDetection
 from finetune.cli import main
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(dataset: Path, checkpoint: Path, out: Path, *extra: str) -> int:
@@ -116,17 +113,13 @@ def test_full_disk_while_saving_is_one_line_exit_3(
     """A real failing write in a real process (a file-size limit: the 1.1 MB weights cannot be
     written, the small JSON files can): one line naming the run folder and what is left to
     resume from, exit status 3, no traceback."""
-    from fault_factory import file_size_limit
+    from fault_factory import run_python
 
     out = tmp_path / "exp"
     argv = tiny_run_argv(
         mini_dataset, tiny_checkpoint, out, max_steps=2, extra=["--save_steps", "1"]
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "finetune", *argv],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-        preexec_fn=file_size_limit(256 * 1024),
-    )  # fmt: skip
+    done = run_python(["-m", "finetune", *argv], limit=256 * 1024)
     assert done.returncode == 3, done.stderr[-2000:]
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
     assert f"cannot write in {out}" in line and "free disk space" in line

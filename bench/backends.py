@@ -221,16 +221,27 @@ def predict_in_batches(backend: Any, images: Sequence[np.ndarray]) -> list[Boxes
 
 
 class OnnxBackend:
-    """ONNX Runtime through ``runtime.Detector`` (spinning off, the provider checked)."""
-
-    runtime = "ONNX Runtime"
+    """An exported file through ``runtime.Detector``: ONNX Runtime (spinning off, the provider
+    checked) or, with ``engine="openvino"``, OpenVINO's CPU plugin; the one session seam
+    (``runtime.engines``) a user ships, so the engine the bench ranks is the one they get."""
 
     def __init__(
-        self, path: Path, *, device: str, threads: int, batch: int, name: str = "onnx-fp32"
+        self,
+        path: Path,
+        *,
+        device: str,
+        threads: int,
+        batch: int,
+        name: str = "onnx-fp32",
+        engine: str = "onnxruntime",
     ) -> None:
-        provider = "cuda" if device.startswith("cuda") else "cpu"
-        # strict: a session that silently fell back to the CPU would be a wrong benchmark.
-        self.detector = Detector(path, providers=[provider], threads=threads, strict=True)
+        if engine == "openvino":
+            self.detector = Detector(path, threads=threads, backend="openvino")
+        else:
+            provider = "cuda" if device.startswith("cuda") else "cpu"
+            # strict: a session that silently fell back to the CPU would be a wrong benchmark.
+            self.detector = Detector(path, providers=[provider], threads=threads, strict=True)
+        self.runtime = "OpenVINO" if engine == "openvino" else "ONNX Runtime"
         self.precision = self.detector.metadata.precision  # as export stamped it
         self.name = name
         self.device = device
@@ -279,7 +290,7 @@ def build_backends(artifacts: Any, options: Any) -> dict[str, Backend | Unavaila
     is for (int8 on a CPU, fp16 on a GPU), OpenVINO fp32 and int8 from the same files where
     the ``[openvino]`` extra is installed (CPU only).
     """
-    from bench.ov_backend import OpenVinoBackend, openvino_version
+    from runtime.engines import openvino_version
 
     common = {"device": options.device, "batch": options.batch}
     eager = TorchBackend.from_checkpoint(artifacts.checkpoint, **common)
@@ -314,7 +325,7 @@ def build_backends(artifacts: Any, options: Any) -> dict[str, Backend | Unavaila
                 key, precision, "skipped", "OpenVINO is not installed: pip install -e '.[openvino]'"
             )
         else:
-            found[key] = OpenVinoBackend(
-                file, threads=options.threads, batch=options.batch, name=key
+            found[key] = OnnxBackend(
+                file, threads=options.threads, name=key, engine="openvino", **common
             )
     return found

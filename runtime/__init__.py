@@ -1,5 +1,8 @@
 """rtdetr-deploy runtime: run an exported RT-DETR ONNX model with onnxruntime, no torch.
 
+``Detector(path, backend="openvino")`` runs the same file in OpenVINO (the ``[openvino]``
+extra) through the one session seam, :mod:`runtime.engines`.
+
 Needs numpy, onnxruntime and Pillow only; supervision is imported when detections are
 converted to ``sv.Detections``. Names are imported lazily, so ``import runtime`` (or
 ``runtime.metadata``, which ``export`` uses) does not load onnxruntime.
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runtime.detections import RawDetections
     from runtime.detector import Detector
+    from runtime.engines import BACKENDS
     from runtime.errors import (
         ImageError,
         MetadataError,
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from runtime.preprocessing import preprocess
 
 __all__ = [
+    "BACKENDS",
     "Detector",
     "ImageError",
     "MetadataError",
@@ -44,6 +49,7 @@ __all__ = [
 ]
 
 _MODULES = {
+    "BACKENDS": "runtime.engines",
     "Detector": "runtime.detector",
     "RawDetections": "runtime.detections",
     "ImageError": "runtime.errors",

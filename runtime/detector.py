@@ -30,8 +30,9 @@ from runtime.providers import ProviderSpec
 from runtime.session import open_model
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
     import supervision as sv
+
+    from runtime.engines import Engine
 
 __all__ = ["Detector"]
 
@@ -71,7 +72,7 @@ def _describe(value: object) -> str:
 
 
 class Detector:
-    """Run an exported RT-DETR model (``python -m export``) with onnxruntime.
+    """Run an exported RT-DETR model (``python -m export``) with onnxruntime or OpenVINO.
 
     Args:
         model: path of the ``.onnx`` file written by ``export`` (label map and preprocessing
@@ -83,12 +84,17 @@ class Detector:
             requested provider is not in use.
         spinning: let onnxruntime's threads busy-wait between calls (lower latency, burns
             CPU); off by default.
+        backend: the engine (:mod:`runtime.engines`): ``"onnxruntime"`` (default) or
+            ``"openvino"`` (the ``[openvino]`` extra; CPU, ``providers`` None or ``["cpu"]``).
+            The preprocessing and the outputs are the same for both.
 
     Attributes:
         path: the model file.
         metadata: its :class:`~runtime.metadata.ModelMetadata`.
         providers: the execution providers actually in use (``session.get_providers()``).
-        session: the ``onnxruntime.InferenceSession``.
+        session: the engine session (``onnxruntime.InferenceSession`` or
+            :class:`~runtime.engines.OpenVinoSession`).
+        backend: ``"onnxruntime"`` or ``"openvino"``.
 
     The instance holds no per-call state: one detector can serve many threads.
 
@@ -97,6 +103,7 @@ class Detector:
         ModelLoadError: not an ONNX model, or not with the exported contract.
         MetadataError: an ONNX model without rtdetr-deploy metadata.
         ProviderError: ``strict`` and a requested provider is not in use.
+        MissingExtraError: ``backend="openvino"`` without OpenVINO installed.
 
     Example:
         >>> detector = Detector("model.onnx", providers=["cpu"], threads=2)  # doctest: +SKIP
@@ -112,10 +119,14 @@ class Detector:
         strict: bool = False,
         *,
         spinning: bool = False,
+        backend: str = "onnxruntime",
     ) -> None:
-        opened = open_model(model, providers, threads=threads, spinning=spinning, strict=strict)
+        opened = open_model(
+            model, providers, threads=threads, spinning=spinning, strict=strict, backend=backend
+        )
         self.path = Path(model)
-        self.session: ort.InferenceSession = opened.session
+        self.backend = opened.backend
+        self.session: Engine = opened.session
         self.metadata: ModelMetadata = opened.metadata
         self.providers: list[str] = opened.providers
         self._image_dtype = opened.image_dtype
@@ -124,8 +135,8 @@ class Detector:
     def __repr__(self) -> str:
         height, width = self.metadata.input_size
         return (
-            f"Detector({str(self.path)!r}, providers={self.providers}, input={height}x{width}, "
-            f"classes={len(self.metadata.id2label)})"
+            f"Detector({str(self.path)!r}, backend={self.backend!r}, providers={self.providers}, "
+            f"input={height}x{width}, classes={len(self.metadata.id2label)})"
         )
 
     @property

@@ -140,6 +140,11 @@ class Detector:
         )
 
     @property
+    def image_dtype(self) -> type[np.floating]:
+        """numpy dtype of the graph's ``images`` input (float16 for an fp16 export)."""
+        return self._image_dtype
+
+    @property
     def class_names(self) -> list[str]:
         """Label names in class-id order."""
         return self.metadata.class_names

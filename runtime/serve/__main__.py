@@ -1,0 +1,7 @@
+"""``python -m runtime.serve MODEL.onnx [options]``."""
+
+import sys
+
+from runtime.serve.cli import main
+
+sys.exit(main())

@@ -34,6 +34,7 @@ __all__ = [
     "main",
     "model_entry",
     "read_sidecar",
+    "record_runtime",
     "sidecar_document",
     "sidecar_path",
     "write_sidecar",
@@ -137,6 +138,35 @@ def read_sidecar(path: str | Path, *, check_model: bool = True) -> ModelMetadata
             )
     metadata = {k: v for k, v in document.items() if k not in SIDECAR_KEYS}
     return ModelMetadata.from_document(metadata, source=str(path))
+
+
+def record_runtime(model: str | Path, entry: dict[str, Any]) -> Path:
+    """Record one runtime's check of ``model`` in its sidecar's ``verified.runtimes``, atomically.
+
+    ``entry`` has at least ``runtime``, ``provider`` and ``passed``; it replaces an earlier entry
+    of the same runtime and provider and keeps every other key (export's own verification
+    included). For checks run after export, outside it: the browser check of
+    :mod:`runtime.web_verify`.
+
+    Raises:
+        FileNotFoundError: no model or no sidecar.
+        MetadataError: the sidecar is not JSON or describes another file (stale).
+    """
+    target = sidecar_path(model)
+    read_sidecar(target)  # refuses a missing or stale sidecar: never vouch for another file
+    document = json.loads(target.read_text())
+    if Path(model).name != document["model"]["file"]:
+        raise MetadataError(
+            f"{target}: describes {document['model']['file']}, not {Path(model).name}"
+        )
+    verified = dict(document.get("verified") or {})
+    same = (entry["runtime"], entry["provider"])
+    kept = [
+        r for r in verified.get("runtimes", []) if (r.get("runtime"), r.get("provider")) != same
+    ]
+    verified["runtimes"] = [*kept, entry]
+    atomic_write_json(target, {**document, "verified": verified})
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -99,13 +99,38 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
+def _check_decoder_method(folder: Path, family: Any, method: str) -> None:
+    """Refuse a ``decoder_method`` the family does not have, naming those that do."""
+    from finetune.families import FAMILIES
+
+    if method in family.decoder_methods:
+        return
+    having = [f.model_type for f in FAMILIES.values() if method in f.decoder_methods]
+    has = (
+        f"decoder methods {', '.join(family.decoder_methods)} only"
+        if family.decoder_methods
+        else "no decoder_method option"
+    )
+    raise ExportError(
+        f"{folder}: --decoder-method {method}: {family.title} ({family.model_type}) has {has}"
+        + (f"; {', '.join(having)} have it" if having else "")
+    )
+
+
+def load_checkpoint(folder: str | Path, decoder_method: str | None = None) -> LoadedCheckpoint:
     """Load a checkpoint folder of any family for export (in float32), refusing anything
     incomplete.
 
+    Args:
+        folder: The checkpoint folder.
+        decoder_method: Build the model with this ``config.decoder_method`` (same weights),
+            e.g. ``"discrete"``: RT-DETRv2's deformable attention without GridSample. Only
+            for families that have the option (``Family.decoder_methods``).
+
     Raises:
         ExportError: The folder is missing, a file is missing or corrupt, the model is not
-            of a supported family, or weights are missing from ``model.safetensors``.
+            of a supported family, the family has no such decoder method, or weights are
+            missing from ``model.safetensors``.
     """
     import torch
     from safetensors import SafetensorError
@@ -118,9 +143,13 @@ def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
         raise ExportError(f"checkpoint folder {folder} does not exist")
     config = _read_json(folder / "config.json", "model config")
     try:
-        family_of(config.get("model_type"))
+        family = family_of(config.get("model_type"))
     except UnknownFamilyError as exc:
         raise ExportError(f"{folder / 'config.json'}: {exc}") from None
+    overrides = {}
+    if decoder_method is not None:
+        _check_decoder_method(folder, family, decoder_method)
+        overrides["decoder_method"] = decoder_method
     _read_json(
         folder / "preprocessor_config.json",
         "image processor config; save it with processor.save_pretrained(folder)",
@@ -131,7 +160,11 @@ def load_checkpoint(folder: str | Path) -> LoadedCheckpoint:
             # float32 whatever the file stores: the float16 warm start crashed the trace
             # with a Half/Float mismatch (the pixels and the post-processing are float32)
             model, info = AutoModelForObjectDetection.from_pretrained(
-                folder, local_files_only=True, output_loading_info=True, dtype=torch.float32
+                folder,
+                local_files_only=True,
+                output_loading_info=True,
+                dtype=torch.float32,
+                **overrides,
             )
             processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:

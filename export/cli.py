@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="detections per image (default: the model's num_queries)",
     )
+    graph.add_argument(
+        "--decoder-method",
+        choices=("default", "discrete"),
+        help="the decoder's deformable sampling: 'discrete' writes no GridSample (TensorRT "
+        "< 8.5, NPU toolchains, ONNX Runtime WebGPU); RT-DETRv2, D-FINE and DEIMv2 only "
+        "(default: the checkpoint's)",
+    )
     variants = parser.add_argument_group("variants (each verified like the fp32 model)")
     variants.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx")
     variants.add_argument(
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             max_images=args.max_images,
             calibration_images=args.calibration_images,
             threads=args.threads,
+            decoder_method=args.decoder_method,
         )
     except CannotWriteError as exc:
         return _fail(str(exc), code=EXIT_CANNOT_WRITE)

@@ -52,9 +52,24 @@ def build_metadata(
         toolkit_version=toolkit_version(),
         precision=precision,
         num_top_queries=int(num_top_queries or getattr(config, "num_queries", 300)),
-        # the family (finetune.families): for people and tools; no client needs family code
-        extra={"model_type": str(config.model_type), **(extra or {})},
+        # the family (finetune.families): for people and tools; no client needs family code;
+        # and its decoder's sampling where the family has the option (e.g. "discrete": no
+        # GridSample in the graph)
+        extra={
+            "model_type": str(config.model_type),
+            **_decoder_method(config),
+            **(extra or {}),
+        },
     )
+
+
+def _decoder_method(config: Any) -> dict[str, str]:
+    """``{"decoder_method": ...}`` for a family that has the option, else empty."""
+    from finetune.families import family_of
+
+    if not family_of(config).decoder_methods:
+        return {}
+    return {"decoder_method": str(getattr(config, "decoder_method", "default"))}
 
 
 def trace_to_onnx(

@@ -294,6 +294,7 @@ def export_checkpoint(
     max_images: int = 64,
     calibration_images: int = 32,
     threads: int | None = None,
+    decoder_method: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint to a verified ONNX model with the label map and preprocessing inside.
 
@@ -313,6 +314,8 @@ def export_checkpoint(
         max_images: Most dataset images verified on (mAP included).
         calibration_images: Most training images used to calibrate int8.
         threads: ONNX Runtime intra-op threads for verification (default min(4, CPUs)).
+        decoder_method: The model's ``config.decoder_method`` for this export (e.g.
+            ``"discrete"``, RT-DETRv2 without GridSample; families that have the option).
 
     Returns:
         The published model, its report and metadata, and the variants' outcomes.
@@ -351,7 +354,7 @@ def export_checkpoint(
     source = resolve_checkpoint(checkpoint)
     final = prepare_output(output)
     remove_stale_temp(final.parent)  # what killed exports left (their PID is gone), logged
-    loaded = load_checkpoint(source.checkpoint)
+    loaded = load_checkpoint(source.checkpoint, decoder_method)
     metadata = build_metadata(loaded, opset=opset, num_top_queries=num_top_queries)
 
     ctx = _Context(loaded, None, None, threads, verify)

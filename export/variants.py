@@ -150,15 +150,14 @@ from typing import Any
 
 import numpy as np
 
+from finetune.islands import FloatIslands
+
 __all__ = [
-    "FLOAT_SCOPES",
-    "INT8_BOX_PATH_SCOPES",
-    "INT8_FLOAT_IN_DECODER_LAYERS",
-    "INT8_FLOAT_SCOPES",
     "RECIPE",
     "SYMMETRIC_RECIPE",
     "build_variant",
     "float_nodes",
+    "islands_of",
     "to_fp16",
     "to_int8",
     "to_slim",
@@ -166,35 +165,31 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Node-name scopes (module paths, as the TorchScript exporter names nodes) kept in float.
-FLOAT_SCOPES = (
-    "/postprocessor/",  # sigmoid, top-k, label/query split, cxcywh->xyxy, scaling, gathers
-    "/model/model/enc_score_head/",  # encoder scores: choose which queries go to the decoder
-    "/model/model/enc_bbox_head/",  # encoder boxes: the decoder's reference points
-)
-# Also float in int8 only: the decoder's memory (OpenVINO breaks it in int8), the box path
-# (recipe 3: the encoder's output projection that scores and places the queries, the
-# decoder's query position head that turns each layer's reference boxes into the queries'
-# positional embedding, and every layer's box head, whose refined boxes are the next layer's
-# reference points), and inside every decoder layer the memory's value projection (the
-# other end of the memory path) and the self-attention over the queries.
-INT8_FLOAT_SCOPES = ("/model/model/decoder_input_proj",)
-INT8_BOX_PATH_SCOPES = (
-    "/model/model/enc_output/",
-    "/model/model/decoder/query_pos_head/",
-    "/model/model/decoder/bbox_embed.",
-    "/model/bbox_embed.",
-)
-INT8_FLOAT_IN_DECODER_LAYERS = re.compile(
-    r"^/model/model/decoder/layers\.\d+/(encoder_attn/value_proj|self_attn)/"
-)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 RECIPE = "int8 recipe 3"  # bump when the recipe changes: cached int8 files are keyed by it
 # The symmetric (TensorRT-shaped) variant: convolutions only, and the encoder's top-down FPN
 # path in float (OpenVINO breaks signed int8 there; see the module docstring).
 SYMMETRIC_OPS = ("Conv",)
-SYMMETRIC_FLOAT_SCOPES = ("/model/model/encoder/lateral_convs", "/model/model/encoder/fpn_blocks")
 SYMMETRIC_RECIPE = "int8-sym recipe 1"
+
+
+def islands_of(model: Any) -> FloatIslands:
+    """The float islands of the family named by the ONNX ``model``'s metadata ``model_type``
+    (written by :func:`export.onnx_export.build_metadata`): one seam per family, no family
+    code here.
+
+    Raises:
+        ValueError: no ``model_type`` in the metadata, or not a supported family.
+    """
+    from finetune.families import family_of
+
+    props = {p.key: p.value for p in model.metadata_props}
+    if "model_type" not in props:
+        raise ValueError(
+            "the graph has no model_type in its metadata_props, so its family's float "
+            "islands are unknown (export writes it: export.onnx_export.build_metadata)"
+        )
+    return family_of(props["model_type"]).islands
 
 
 def float_nodes(
@@ -204,34 +199,35 @@ def float_nodes(
     int8: bool = False,
     symmetric: bool = False,
 ) -> list[str]:
-    """Nodes to keep in float: post-processing, query selection, the last decoder heads; for
-    ``int8`` also the box path (encoder output projection, query position head, every box
-    head), the decoder's memory path and self-attention, and for ``symmetric`` int8 the
-    encoder's FPN path too (see the module docstring)."""
+    """Nodes to keep in float, from the family's :class:`~finetune.islands.FloatIslands`:
+    always its post-processing, query selection and final heads (``last_heads`` of layer
+    ``num_decoder_layers - 1``); for ``int8`` also its ``int8`` prefixes and
+    ``int8_pattern``; for ``symmetric`` int8 its ``symmetric`` prefixes too.
+
+    Raises:
+        ValueError: the family is unknown, or no node has the post-processing's prefix (the
+            exporter's naming changed: nothing would be kept float).
+    """
+    islands = islands_of(model)
     last = []
     if num_decoder_layers:
-        k = num_decoder_layers - 1
-        last = [
-            f"/model/model/decoder/class_embed.{k}/",
-            f"/model/model/decoder/bbox_embed.{k}/",
-            f"/model/class_embed.{k}/",
-            f"/model/bbox_embed.{k}/",
-        ]
+        last = [head.format(k=num_decoder_layers - 1) for head in islands.last_heads]
     int8 = int8 or symmetric
     scopes = (
-        *FLOAT_SCOPES,
+        *islands.always,
         *last,
-        *((*INT8_FLOAT_SCOPES, *INT8_BOX_PATH_SCOPES) if int8 else ()),
-        *(SYMMETRIC_FLOAT_SCOPES if symmetric else ()),
+        *(islands.int8 if int8 else ()),
+        *(islands.symmetric if symmetric else ()),
     )
+    pattern = re.compile(islands.int8_pattern) if int8 and islands.int8_pattern else None
     names = [
         n.name
         for n in model.graph.node
-        if n.name.startswith(scopes) or (int8 and INT8_FLOAT_IN_DECODER_LAYERS.match(n.name))
+        if n.name.startswith(scopes) or (pattern is not None and pattern.match(n.name))
     ]
-    if not any(name.startswith(FLOAT_SCOPES[0]) for name in names):
+    if not any(name.startswith(islands.always[0]) for name in names):
         raise ValueError(
-            f"no node named {FLOAT_SCOPES[0]}*: the exporter's node naming changed, so the "
+            f"no node named {islands.always[0]}*: the exporter's node naming changed, so the "
             "post-processing cannot be kept in float"
         )
     return names
@@ -393,18 +389,16 @@ def to_int8(
         )
     finally:
         root.removeFilter(_no_preprocessing_advice)
+    float_text = islands_of(model).described
     if symmetric:
         return {
             "quantization": f"static QDQ S8S8 symmetric (zero points 0, TensorRT's int8), "
             f"per-channel weights (Conv), MinMax on {len(calibration)} calibration image(s); "
-            "float: post-processing, query selection, last decoder heads, encoder FPN path, "
-            f"decoder memory path and attention ({SYMMETRIC_RECIPE})"
+            f"float: {float_text}, encoder FPN path ({SYMMETRIC_RECIPE})"
         }
     return {
         "quantization": f"static QDQ U8S8, per-channel weights ({', '.join(QUANTIZED_OPS)}), "
-        f"MinMax on {len(calibration)} calibration image(s); float: post-processing, query "
-        "selection, last decoder heads, box path (encoder output, query position head, box "
-        f"heads), decoder memory path and self-attention ({RECIPE})"
+        f"MinMax on {len(calibration)} calibration image(s); float: {float_text} ({RECIPE})"
     }
 
 

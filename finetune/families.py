@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.islands import DFINE_ISLANDS, RFDETR_ISLANDS, RTDETR_ISLANDS, FloatIslands
+
 __all__ = ["FAMILIES", "SMALL_HYBRID", "Family", "UnknownFamilyError", "config_labels", "family_of"]
 
 # Outputs every family's evaluation keeps; everything else is dropped (memory, and a fixed
@@ -51,6 +53,9 @@ class Family:
         scratch_config: ``id2label -> config``: a small architecture for a 2-core CPU.
         scratch_processor: ``image size -> image processor`` of that architecture.
         scratch_size: Its square input size in pixels.
+        islands: The nodes its fp16 and int8 exports keep float (:mod:`finetune.islands`).
+        decoder_methods: The config's ``decoder_method`` values export can choose from
+            (``python -m export --decoder-method``); empty where the family has none.
     """
 
     model_type: str
@@ -62,6 +67,8 @@ class Family:
     scratch_config: Callable[[dict[int, str]], Any]
     scratch_processor: Callable[[int], Any]
     scratch_size: int = 192
+    islands: FloatIslands = RTDETR_ISLANDS
+    decoder_methods: tuple[str, ...] = ()
 
     def model(self, config: Any) -> Any:
         """A randomly initialised model of this family for ``config``."""
@@ -197,6 +204,10 @@ def _rfdetr_processor(size: int) -> Any:
 
 
 _HYBRID_HEADS = ("enc_score_head", "class_embed", "denoising_class_embed")
+# RT-DETRv2's deformable attention samples with GridSample ("default") or by index
+# ("discrete": no GridSample, for TensorRT < 8.5, NPU toolchains and ONNX Runtime WebGPU);
+# D-FINE and DEIMv2 inherit the option.
+_SAMPLING = ("default", "discrete")
 
 FAMILIES: dict[str, Family] = {
     family.model_type: family
@@ -220,6 +231,7 @@ FAMILIES: dict[str, Family] = {
             ("PekingU/rtdetr_v2_r18vd", "PekingU/rtdetr_v2_r50vd"),
             _rt_detr_v2,
             _rtdetr_processor,
+            decoder_methods=_SAMPLING,
         ),
         Family(
             "d_fine",
@@ -230,6 +242,8 @@ FAMILIES: dict[str, Family] = {
             ("ustc-community/dfine-nano-coco", "ustc-community/dfine-small-coco"),
             _d_fine,
             _rtdetr_processor,
+            islands=DFINE_ISLANDS,
+            decoder_methods=_SAMPLING,
         ),
         Family(
             "deimv2",
@@ -240,6 +254,8 @@ FAMILIES: dict[str, Family] = {
             ("harshaljanjani/DEIMv2_HGNetv2_N_COCO_Transformers",),  # transformers' own tests
             _deimv2,
             _rtdetr_processor,
+            islands=DFINE_ISLANDS,
+            decoder_methods=_SAMPLING,
         ),
         Family(
             "rf_detr",
@@ -250,6 +266,7 @@ FAMILIES: dict[str, Family] = {
             ("Roboflow/rf-detr-base",),
             _rf_detr,
             _rfdetr_processor,
+            islands=RFDETR_ISLANDS,
         ),
     )
 }

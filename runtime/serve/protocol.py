@@ -39,7 +39,9 @@ def _field(item: dict[str, Any], key: str, kind: type, where: str) -> Any:
 
 
 def decode_binary_request(body: bytes, header_length: str | None, model_name: str) -> InferRequest:
-    """An ``InferRequest`` from a binary-extension body; binary tensors stay raw bytes.
+    """An ``InferRequest`` from a JSON header of ``header_length`` bytes and the binary tensors
+    after it (Triton's binary extension; a plain JSON body is all header); binary tensors stay
+    raw bytes.
 
     Raises:
         InvalidInput: the header length, the JSON, an input entry or a byte range is wrong.
@@ -161,11 +163,8 @@ class DetectorDataPlane(DataPlane):
         self, body: bytes | Any, headers: dict[str, str], model_name: str
     ) -> InferRequest:
         if isinstance(body, bytes):
-            header_length = headers.get(HEADER_LENGTH)
-            if header_length is None:
-                raise InvalidInput(
-                    "request: a non-JSON body needs the Inference-Header-Content-Length header "
-                    "(Triton's binary tensor extension)"
-                )
+            # no header: all of it is JSON (tritonclient sends JSON without a content type, so
+            # it arrives here as bytes; kserve's own decoder refused it)
+            header_length = headers.get(HEADER_LENGTH, str(len(body)))
             return decode_binary_request(body, header_length, model_name)
         return InferRequest.from_inference_request(body, model_name)

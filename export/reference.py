@@ -5,6 +5,19 @@ preprocessed by :func:`finetune.pixels.pixel_values` (the runtime's preprocessin
 checkpoint's processor config: the tensor ``runtime.Detector`` will feed the exported graph),
 and the same ``pixel_values`` are then fed to ONNX Runtime, so a difference between the two
 backends is the graph's alone, measured on the input the deployed model really gets.
+
+Ties: the reference is computed with ``torch.topk`` breaking exact ties as ONNX ``TopK`` does
+(the lower index first, as its spec says; :func:`lowest_index_topk`). An untrained or barely
+trained model of any family has vanishing encoder activations, so its query-selection scores
+tie exactly: measured on each family's untrained ``scratch:FAMILY`` model (192 px) and the tiny
+test configs (64 px), all 756 (84) encoder scores took ONE value, bit-identical in PyTorch,
+ONNX Runtime 1.32 and OpenVINO 2026.4, and ``torch.topk`` (CPU) returned other indices than
+``TopK``: 3-59 % of the final labels differed and boxes by up to 613 px. With the reference's
+ties broken by the lower index, the same exports agree with PyTorch per query, in both runtimes,
+within 2.4e-6 in score and 1.2e-4 px (640x480 originals), labels all equal (RT-DETR,
+RT-DETRv2 and its discrete decoder, D-FINE, DEIMv2, RF-DETR). So exact ties need no tolerance;
+what is left (two scores within rounding of each other at the top-K boundary) is
+:func:`export.parity.agreement`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import numpy as np
 
 from export.parity import Detections
 
-__all__ = ["Reference", "median_ms", "torch_reference"]
+__all__ = ["Reference", "lowest_index_topk", "median_ms", "torch_reference"]
 
 
 @dataclass
@@ -41,7 +54,7 @@ def median_ms(times: Sequence[float]) -> float | None:
 
 def _boundary_tie(encoder_scores: Any, k: int) -> bool:
     """Whether the k-th and (k+1)-th best encoder scores tie (which queries reach the
-    decoder is then arbitrary, and PyTorch and ONNX Runtime break the tie differently)."""
+    decoder then depends on how ties are broken: here as in ONNX ``TopK``)."""
     best = encoder_scores.max(-1).values.flatten()
     if best.numel() <= k:
         return False
@@ -49,11 +62,43 @@ def _boundary_tie(encoder_scores: Any, k: int) -> bool:
     return bool(top[k - 1] - top[k] <= 1e-6 * max(1.0, abs(float(top[k]))))
 
 
+def _topk_lowest_index(
+    input: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True
+) -> Any:
+    """``torch.topk`` with ONNX ``TopK``'s order of equal values: the lower index first (a
+    stable sort keeps equal values in index order)."""
+    import torch
+
+    values, indices = torch.sort(input, dim=dim, descending=largest, stable=True)
+    return torch.return_types.topk((values.narrow(dim, 0, k), indices.narrow(dim, 0, k)))
+
+
+def lowest_index_topk() -> Any:
+    """A context in which every ``torch.topk`` / ``Tensor.topk`` of this thread (the model's
+    query selection and the post-processing's top-K) breaks exact ties by the lower index, as
+    ONNX ``TopK``; values are unchanged. A ``TorchFunctionMode``: it patches nothing global,
+    so other threads' models are untouched."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class _LowestIndexTopK(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            if func in (torch.topk, torch.Tensor.topk) and "out" not in kwargs:
+                return _topk_lowest_index(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    return _LowestIndexTopK()
+
+
 def torch_reference(
     model: Any, processor: Any, images: Sequence[np.ndarray], num_top_queries: int | None = None
 ) -> Reference:
     """Preprocess ``images`` as the runtime does (:func:`finetune.pixels.pixel_values`, with
-    ``processor``'s config) and run ``DeployModel`` on them."""
+    ``processor``'s config) and run ``DeployModel`` on them, exact ties broken as ONNX
+    ``TopK`` breaks them (:func:`lowest_index_topk`, see the module doc)."""
     import torch
 
     from finetune.pixels import pixel_values as preprocess
@@ -66,7 +111,7 @@ def torch_reference(
     k = int(getattr(model.config, "num_queries", 300))
     pixel_values, sizes, outputs, times, ties = [], [], [], [], []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), lowest_index_topk():
             for image in images:
                 pv = preprocess(processor, [image])
                 size = torch.tensor([[image.shape[1], image.shape[0]]], dtype=torch.int64)

@@ -8,6 +8,11 @@ graph's. Parity is judged on detections (see
 :mod:`export.parity`), at a score threshold and on the top 10 per image, at batch 1 and again
 at batch 2 (the dynamic batch), and, where the images have ground truth, on mAP through
 :func:`finetune.metrics.mean_average_precision`.
+
+An untrained or barely trained model is verified like a trained one: its exactly tied
+query-selection scores are broken in the PyTorch reference as ONNX ``TopK`` breaks them
+(:mod:`export.reference`), so no tolerance is widened for it; ``query_selection_ties`` (the
+share of images whose encoder top-k boundary is such a tie) is reported as information.
 """
 
 from __future__ import annotations
@@ -300,10 +305,4 @@ def verify_onnx(
 
     report["map"], map_failures = _map(reference, outputs, images, tolerance)
     failures += map_failures
-    if failures and reference.selection_ties > 0:
-        failures.append(
-            f"note: on {reference.selection_ties:.0%} of the images the encoder scores tie at "
-            "the top-k query selection (typical of an untrained model): PyTorch and ONNX "
-            "Runtime break ties differently, so parity is undefined for this checkpoint"
-        )
     return {**report, "passed": not failures, "failures": failures}

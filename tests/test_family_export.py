@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from export.graph_fixes import antialiased_bicubic_weights, export_patches
 from export.onnx_export import trace_to_onnx
 from export.openvino_session import OpenVinoSession, openvino_version
+from export.reference import lowest_index_topk
 from finetune.postprocess import DeployModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -386,7 +387,8 @@ def test_topk_ties_are_broken_differently(tmp_path: Path) -> None:
     """Why the random models are calibrated: on tied scores ONNX ``TopK`` takes the lowest
     indices (its spec) and ``torch.topk`` other ones, so an uncalibrated detector's graph
     selects other queries than PyTorch although it computes the same function (D-FINE's
-    default config: 583 of 600 selected queries differ, raw logits by 3.06, boxes by 0.98)."""
+    default config: 583 of 600 selected queries differ, raw logits by 3.06, boxes by 0.98).
+    Export's reference therefore runs under ``lowest_index_topk`` (tests/test_parity.py)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -408,6 +410,18 @@ def test_topk_ties_are_broken_differently(tmp_path: Path) -> None:
     torch_indices = torch.topk(torch.from_numpy(scores), 300, dim=1).indices[0].numpy()
     assert np.array_equal(onnx_indices, np.arange(300))
     assert set(torch_indices.tolist()) != set(onnx_indices.tolist())
+    # export's reference breaks ties as TopK does (both spellings); values are torch.topk's
+    tied = torch.from_numpy(scores)
+    some = torch.randn(2, 50, generator=torch.Generator().manual_seed(0)).round(decimals=1)
+    expected = {largest: torch.topk(some, 7, dim=1, largest=largest) for largest in (True, False)}
+    with lowest_index_topk():
+        assert np.array_equal(torch.topk(tied, 300, dim=1).indices[0].numpy(), onnx_indices)
+        assert np.array_equal(tied.topk(300).indices[0].numpy(), onnx_indices)
+        for largest, reference in expected.items():
+            ours = some.topk(7, dim=1, largest=largest)
+            order = np.argsort(-some.numpy() if largest else some.numpy(), 1, kind="stable")
+            assert torch.equal(ours.values, reference.values)
+            assert np.array_equal(ours.indices.numpy(), order[:, :7])
 
 
 @pytest.mark.model

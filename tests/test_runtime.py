@@ -500,6 +500,75 @@ def test_default_preference_without_driver_is_the_cpu_quietly(onnx_model, monkey
     assert f"{onnx_model}: running on CPUExecutionProvider" in caplog.text
 
 
+# --- engines: one session seam (runtime.engines) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openvino_detector(onnx_model: Path) -> Detector:
+    pytest.importorskip("openvino", reason="the [openvino] extra")
+    return Detector(onnx_model, threads=1, backend="openvino")
+
+
+@pytest.mark.model
+def test_openvino_backend_runs_the_same_file_like_onnxruntime(detector, openvino_detector):
+    """Same metadata, same preprocessing, outputs within float rounding (measured on the default
+    model: boxes 2e-4 px, scores 3e-7 apart); the bench's OpenVINO rows are this Detector."""
+    assert openvino_detector.metadata == detector.metadata
+    assert openvino_detector.backend == "openvino"
+    assert openvino_detector.providers[0].startswith("OpenVINO ")
+    assert "backend='openvino'" in repr(openvino_detector)
+    feed = detector.prepare([photo(48, 80, seed=30), photo(90, 60, seed=31)])
+    (labels, boxes, scores), (ov_labels, ov_boxes, ov_scores) = (
+        detector.run(feed), openvino_detector.run(feed)
+    )  # fmt: skip
+    np.testing.assert_array_equal(ov_labels, labels)
+    np.testing.assert_allclose(ov_scores, scores, atol=1e-5)
+    np.testing.assert_allclose(ov_boxes, boxes, atol=1e-3 * 90)
+    assert ov_labels.dtype == np.int64 and ov_boxes.dtype == ov_scores.dtype == np.float32
+
+
+@pytest.mark.model
+def test_openvino_session_shared_by_4_threads_equals_sequential(openvino_detector):
+    """One OpenVINO infer request must not serve two threads: the session pools them."""
+    feeds = [openvino_detector.prepare(photo(40 + 4 * i, 64, seed=40 + i)) for i in range(8)]
+    sequential = [openvino_detector.run(feed)[2] for feed in feeds]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda feed: openvino_detector.run(feed)[2], feeds * 3))
+    for index, scores in enumerate(threaded):
+        np.testing.assert_array_equal(scores, sequential[index % len(feeds)])
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; expected one of onnxruntime, "),
+        ({"backend": "openvino", "providers": ["cuda"]}, "backend='openvino' runs on OpenVINO's"),
+    ],
+)
+def test_backend_mistakes_are_value_errors(onnx_model, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Detector(onnx_model, **kwargs)
+
+
+@pytest.mark.model
+def test_openvino_missing_names_the_extra(onnx_model, monkeypatch):
+    from runtime.extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(MissingExtraError, match=re.escape("pip install 'rtdetr-deploy[openvino]'")):
+        Detector(onnx_model, backend="openvino")
+
+
+@pytest.mark.unit
+def test_export_verifies_with_the_runtime_engine():
+    """export/verify.py's OpenVinoSession is the runtime's: one compile configuration."""
+    from export.openvino_session import OpenVinoSession
+    from runtime.engines import OpenVinoSession as RuntimeSession
+
+    assert OpenVinoSession is RuntimeSession
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

@@ -400,20 +400,21 @@ def test_sigterm_finishes_requests_in_flight(onnx_model, detector, tmp_path):
 
 
 @pytest.mark.model
-def test_cli_mistakes_are_one_line(tmp_path, onnx_model):
-    """A missing model and an empty key file: one ``error:`` line, status 2, nothing listens."""
+def test_cli_mistakes_are_one_line(tmp_path, onnx_model, capsys):
+    """A missing model (the real entry point) and an empty key file: one ``error:`` line and
+    status 2, before anything listens."""
+    missing = tmp_path / "nope.onnx"
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.serve", str(missing)], capture_output=True, text=True,
+        timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (2, f"error: {missing}: no such model file\n")
+    from runtime.serve import main
+
     empty = tmp_path / "key"
     empty.write_text("\n")
-    for args, message in (
-        ([str(tmp_path / "nope.onnx")], f"error: {tmp_path / 'nope.onnx'}: no such model file"),
-        ([str(onnx_model), "--api-key-file", str(empty)], f"error: {empty}: the API key file is"),
-    ):
-        done = subprocess.run(
-            [sys.executable, "-m", "runtime.serve", *args], capture_output=True, text=True,
-            timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.strip().startswith(message) and len(done.stderr.splitlines()) == 1
+    assert main([str(onnx_model), "--api-key-file", str(empty)]) == 2
+    assert capsys.readouterr().err == f"error: {empty}: the API key file is empty\n"
 
 
 @pytest.mark.model

@@ -5,7 +5,7 @@
 //
 // ?verify=1 (used by `python -m runtime.web MODEL --verify`): run the server's cases (same
 // tensors, same files) and post the detections back; the sidecar's gate is what it computes.
-// ?threads=N and ?provider=wasm|webgpu override the defaults.
+// ?threads=N, ?provider=wasm|webgpu and ?threshold=T (the slider's start) override the defaults.
 
 import { UserError } from "./core/index.mjs";
 import { loadDetector } from "./browser.mjs";
@@ -114,6 +114,8 @@ async function show(input) {
 }
 
 function wire() {
+  if (params.has("threshold")) $("threshold").value = params.get("threshold");
+  $("threshold-value").textContent = Number($("threshold").value).toFixed(2);
   $("file").addEventListener("change", (event) => event.target.files[0] && show(event.target.files[0]));
   const drop = $("drop");
   drop.addEventListener("dragover", (event) => event.preventDefault());

@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// Drive the page in a headless Chromium that is already installed (playwright-core, no browser
+// download): for tests/test_web_page.py and timing runs, not needed to use the page.
+//
+//   node drive.mjs JOBS.json OUT.json
+//
+// JOBS.json: {"chromium": PATH, "pages": [{"url", "evaluate": [{"name", "fn", "arg"}],
+//   "upload": {"file", "screenshot"}, "slider": 0.3}]}. Each page is opened in a fresh context
+// and waited for until `document.body.dataset.ready` is set ("1" loaded, "error"). `fn` is the
+// source of an async function of `arg`, run in the page (e.g. on window.detector). `upload`
+// picks a file with the page's own file input, waits for the drawing, then screenshots it;
+// `slider` then moves the threshold slider. OUT.json gets, per page: ready, status, model,
+// timings (after upload and after the slider), results by name.
+
+import { readFileSync, writeFileSync } from "node:fs";
+import process from "node:process";
+
+import { chromium } from "playwright-core";
+
+const [jobsFile, outFile] = process.argv.slice(2);
+const jobs = JSON.parse(readFileSync(jobsFile, "utf8"));
+const browser = await chromium.launch({
+  executablePath: jobs.chromium,
+  args: ["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+});
+const text = (page, id) => page.locator(`#${id}`).textContent();
+const out = [];
+try {
+  for (const job of jobs.pages) {
+    const context = await browser.newContext({ viewport: { width: 900, height: 900 } });
+    const page = await context.newPage();
+    const console = [];
+    page.on("console", (message) => console.push(`${message.type()}: ${message.text()}`));
+    page.on("pageerror", (err) => console.push(`pageerror: ${err.message}`));
+    await page.goto(job.url);
+    await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120_000 });
+    const result = { ready: await page.evaluate(() => document.body.dataset.ready), results: {}, console };
+    for (const { name, fn, arg } of job.evaluate ?? []) {
+      result.results[name] = await page.evaluate(([source, value]) => (0, eval)(source)(value), [fn, arg ?? null]);
+    }
+    if (job.upload) {
+      await page.locator("#timings").evaluate((node) => (node.textContent = ""));
+      await page.locator("#file").setInputFiles(job.upload.file);
+      await page.waitForFunction(
+        () => document.getElementById("timings").textContent || document.getElementById("status").className,
+      );
+      result.uploadTimings = await text(page, "timings");
+      if (job.upload.screenshot) await page.screenshot({ path: job.upload.screenshot, fullPage: true });
+      result.canvas = await page.evaluate(() => {
+        const canvas = document.getElementById("canvas");
+        if (!canvas.width || !canvas.height) return null;
+        const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        let binary = "";
+        for (let i = 0; i < data.length; i += 4) binary += String.fromCharCode(data[i], data[i + 1], data[i + 2]);
+        return { width: canvas.width, height: canvas.height, rgb: btoa(binary) };
+      });
+    }
+    if (job.slider !== undefined) {
+      const before = await text(page, "timings");
+      await page.locator("#threshold").fill(String(job.slider));
+      await page.waitForFunction((old) => document.getElementById("timings").textContent !== old, before);
+      result.sliderTimings = await text(page, "timings");
+    }
+    result.status = await text(page, "status");
+    result.model = await text(page, "model");
+    out.push(result);
+    await context.close();
+  }
+} finally {
+  await browser.close();
+}
+writeFileSync(outFile, JSON.stringify(out));

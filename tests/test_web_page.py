@@ -1,0 +1,363 @@
+"""The browser page (``examples/web``) in a real headless Chromium, against ``Detector``.
+
+One driver run (``examples/web/drive.mjs``, playwright-core on Debian's ``chromium``) opens the
+page served by ``runtime.web.serve`` (127.0.0.1, COOP/COEP) on the session's tiny exported
+model, after ``python -m runtime.web MODEL --verify`` recorded the browser check, and:
+
+1. runs ``Detector.prepare``'s tensors through ``window.detector.detectTensor`` (2 threads,
+   and 1 thread in a page opened with ``?threads=1``): Detector's detections within 1e-5;
+2. runs JPEG files through ``window.detector.detect`` (jpeg-js decoding) and through an
+   ``<img>`` (Chromium's decoder): tensors and detections against Detector, both measured;
+3. picks a JPEG with the page's file input: boxes drawn on the canvas, timings shown, the
+   threshold slider reruns it; a screenshot is saved;
+4. opens the page on a model without sidecar, with a stale sidecar, never checked in the
+   browser, and recorded as failed there, and picks a PNG: one ``error:`` line each.
+
+Skips only where neither ``chromium`` nor ``apt-get`` exists (or Node.js is missing).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from runtime_fixtures import box_outline, gap_threshold, match_detections, photo
+
+from runtime import Detector
+from runtime.web import serve
+from runtime.web_verify import TENSOR_ATOL, find_chromium
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "examples" / "web"
+NODE, NPM = shutil.which("node"), shutil.which("npm")
+APT = shutil.which("apt-get")
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+# From the same JPEG (jpeg-js in the page, libjpeg-turbo in Pillow), as the Node client: at
+# most 3 uint8 steps, mean 0.25; detections on the tiny model measured within 2e-6 / 1e-4 px.
+JPEG_MAX_STEPS, JPEG_MEAN_STEPS = 3, 0.25
+SCORE_ATOL, BOX_ATOL = 1e-4, 0.01
+# Chromium's own decoder (the <img>, webcam and ImageBitmap path): measured, bounded loosely.
+BROWSER_MAX_STEPS, BROWSER_MEAN_STEPS = 8, 1.0
+SIZES = [(480, 640), (97, 143), (64, 64)]
+
+
+def _chromium() -> str:
+    """Debian's Chromium, installed with apt when missing (as .ci/run does)."""
+    try:
+        return find_chromium()
+    except RuntimeError as exc:
+        if APT is None:
+            pytest.skip(f"the browser test needs Chromium or apt-get to install it: {exc}")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+    return find_chromium()
+
+
+def _encode_f32(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4")
+
+
+# In the page: a Float32Array as base64, both decoders' tensors and detections of one JPEG URL.
+ENCODE = """const enc = (a) => { const b = new Uint8Array(a.buffer, a.byteOffset, a.byteLength); let s = "";
+  for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode(...b.subarray(i, i + 8192));
+  return btoa(s); };"""
+DECODERS = f"""async ({{url, threshold}}) => {{ {ENCODE}
+  const img = new Image(); img.src = url; await img.decode();
+  const bytes = await window.detector.prepare(url), drawn = await window.detector.prepare(img);
+  return {{ jpegjs: enc(bytes.images), browser: enc(drawn.images), decoders: [bytes.decoder, drawn.decoder],
+    detect: await window.detector.detect(url, threshold), detectImg: await window.detector.detect(img, threshold) }};
+}}"""
+TENSORS = """async (cases) => { const out = [];
+  for (const c of cases) { const t = new Float32Array(await (await fetch(c.url)).arrayBuffer());
+    out.push(await window.detector.detectTensor(t, c.orig_size, c.threshold)); }
+  return out; }"""
+PIXELS = f"""async (url) => {{ {ENCODE} const p = await window.detector.pixels(url);
+  return {{ width: p.image.width, height: p.image.height, rgb: enc(p.image.data) }}; }}"""
+
+
+@pytest.fixture(scope="module")
+def page_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Export, verify in the browser, then one driver run over every page; its results."""
+    chromium = _chromium()
+    if NODE is None or NPM is None:
+        pytest.skip("the browser test drives Chromium with playwright-core: needs node and npm")
+    if not (PAGE / "node_modules" / "playwright-core").is_dir():
+        done = subprocess.run(
+            [NPM, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+            cwd=PAGE, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if done.returncode != 0:
+            pytest.fail(f"npm ci --ignore-scripts failed in {PAGE}:\n{done.stdout}{done.stderr}")
+    from export import export_checkpoint
+
+    tmp = tmp_path_factory.mktemp("web")
+    model = Path(export_checkpoint(tiny_checkpoint, tmp / "m" / "model.onnx", verify=False).path)
+    unverified = json.loads(model.with_suffix(".json").read_text())
+    verify = subprocess.run(
+        [sys.executable, "-m", "runtime.web", str(model), "--verify", "--chromium", chromium],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    detector = Detector(model, providers=["cpu"], threads=1)
+
+    files: dict[str, Path] = {}
+    jpegs = {}
+    for name, image, options in [
+        ("420", photo(480, 640, seed=2), {}),
+        ("444", photo(97, 143, seed=1), {"quality": 95, "subsampling": 0}),
+        ("gray", photo(120, 90, seed=6)[:, :, 0], {"quality": 90}),
+    ]:
+        jpegs[name] = tmp / f"{name}.jpg"
+        Image.fromarray(image).save(jpegs[name], **options)
+    rotated = Image.fromarray(photo(60, 100, seed=7))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    jpegs["exif6"] = tmp / "exif6.jpg"
+    rotated.save(jpegs["exif6"], quality=95, subsampling=0, exif=exif)
+    files.update({f"{name}.jpg": path for name, path in jpegs.items()})
+    files["not-a-jpeg.png"] = tmp / "not-a-jpeg.png"
+    Image.fromarray(photo(40, 40)).save(files["not-a-jpeg.png"])
+
+    tensors, references = [], []
+    for index, shape in enumerate(SIZES):
+        feed = detector.prepare(photo(*shape, seed=11 + index))
+        files[f"t{index}.f32"] = tmp / f"t{index}.f32"
+        feed["images"].astype("<f4").tofile(files[f"t{index}.f32"])
+        outputs = detector.run(feed)
+        # 0 keeps all K; the other in a score gap (a threshold equal to a score is a knife edge)
+        for threshold in (0.0, gap_threshold(outputs[2][0], 10 * TENSOR_ATOL)):
+            (ref,) = detector.decode(outputs, feed["orig_target_sizes"], threshold)
+            size = [int(v) for v in feed["orig_target_sizes"][0]]
+            tensors.append(
+                {"url": f"/models/t{index}.f32", "orig_size": size, "threshold": threshold}
+            )
+            references.append(ref)
+
+    # Broken copies: no sidecar, stale sidecar, never checked in the browser, failed there.
+    failed = json.loads(model.with_suffix(".json").read_text())
+    for entry in failed["verified"]["runtimes"]:
+        entry.update(passed=False, failures=["tensor 0: score differs by 0.31 (allowed 1e-05)"])
+    stale = json.loads(json.dumps(unverified))
+    stale["model"]["sha256"] = "0" * 64
+    for case, sidecar in [
+        ("missing", None),
+        ("stale", stale),
+        ("unverified", unverified),
+        ("failed", failed),
+    ]:
+        (tmp / case).mkdir()
+        shutil.copyfile(model, tmp / case / "model.onnx")
+        files[f"{case}/model.onnx"] = tmp / case / "model.onnx"
+        if sidecar is not None:
+            (tmp / case / "model.json").write_text(json.dumps(sidecar))
+            files[f"{case}/model.json"] = tmp / case / "model.json"
+
+    # The slider starts below the 3rd best score of the picked image, so that boxes are drawn.
+    best = np.sort(detector.predict(jpegs["420"], 0.0)[0].confidence)[::-1]
+    start = float(np.floor(best[2] * 100) / 100)
+    thresholds = {
+        name: gap_threshold(detector.predict(path, 0.0)[0].confidence, 10 * SCORE_ATOL)
+        for name, path in jpegs.items()
+    }
+    screenshot = tmp / "page.png"
+    with serve(model, extra_files=files) as url:
+        base = url.split("?")[0]
+        decoders = [
+            {
+                "name": name,
+                "fn": DECODERS,
+                "arg": {"url": f"/models/{name}.jpg", "threshold": thresholds[name]},
+            }
+            for name in jpegs
+        ]
+        pages = [
+            {
+                "url": f"{url}&threshold={start:.2f}",
+                "evaluate": [
+                    {"name": "tensors", "fn": TENSORS, "arg": tensors},
+                    {"name": "pixels", "fn": PIXELS, "arg": "/models/420.jpg"},
+                    {
+                        "name": "slider_reference",
+                        "fn": "async (u) => window.detector.detect(u, 0)",
+                        "arg": "/models/420.jpg",
+                    },
+                    *decoders,
+                ],
+                "upload": {"file": str(jpegs["420"]), "screenshot": str(screenshot)},
+                "slider": 0,
+            },
+            {
+                "url": url + "&threads=1",
+                "evaluate": [{"name": "tensors", "fn": TENSORS, "arg": tensors}],
+            },
+            {"url": url, "upload": {"file": str(files["not-a-jpeg.png"])}},
+            *(
+                {"url": f"{base}?model=/models/{case}/model.onnx"}
+                for case in ("missing", "stale", "unverified", "failed")
+            ),
+        ]
+        jobs = tmp / "jobs.json"
+        jobs.write_text(json.dumps({"chromium": chromium, "pages": pages}))
+        done = subprocess.run(
+            [NODE, str(PAGE / "drive.mjs"), str(jobs), str(tmp / "out.json")],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads((tmp / "out.json").read_text())
+    shown = os.environ.get("WEB_SCREENSHOT")  # keep a copy to look at
+    if shown:
+        shutil.copyfile(screenshot, shown)
+    print(f"\nscreenshot: {screenshot}")
+    keys = ["main", "one_thread", "png", "missing", "stale", "unverified", "failed"]
+    return {
+        "pages": dict(zip(keys, out, strict=True)), "verify": verify, "model": model,
+        "detector": detector, "references": references, "jpegs": jpegs, "thresholds": thresholds,
+        "screenshot": screenshot, "start": start,
+    }  # fmt: skip
+
+
+# --- the gate ----------------------------------------------------------------------------------
+
+
+def test_verify_records_the_browser_check(page_run):
+    """``python -m runtime.web MODEL --verify``: PASSED, recorded in the sidecar."""
+    verify = page_run["verify"]
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert re.search(r"onnxruntime-web 1\.30\.0 \(wasm\) PASSED", verify.stdout), verify.stdout
+    sidecar = json.loads(page_run["model"].with_suffix(".json").read_text())
+    (entry,) = [
+        r for r in sidecar["verified"]["runtimes"] if r["runtime"].startswith("onnxruntime-web")
+    ]
+    assert entry["passed"] and entry["provider"] == "wasm" and entry["failures"] == []
+    assert entry["same_tensor"]["max_score_diff"] <= TENSOR_ATOL
+    print(
+        "\nbrowser check:",
+        json.dumps({k: entry[k] for k in ("threads", "same_tensor", "same_jpeg")}),
+    )
+
+
+# --- 1. same tensor ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["main", "one_thread"])
+def test_same_tensor_gives_detectors_detections(page_run, page):
+    """Every detection (threshold 0) and those above a mid score: labels equal, scores and
+    boxes within 1e-5 (boxes relative to the image), in 2 threads and in 1."""
+    run = page_run["pages"][page]
+    assert run["ready"] == "1", run
+    worst = 0.0
+    for ours, ref in zip(run["results"]["tensors"], page_run["references"], strict=True):
+        boxes = np.asarray(ours["boxes"], np.float32).reshape(-1, 4)
+        scores = np.asarray(ours["scores"], np.float32)
+        labels = np.asarray(ours["class_ids"])
+        problems = match_detections(
+            boxes, scores, labels, ref.xyxy, ref.confidence, ref.class_id,
+            box_atol=TENSOR_ATOL * max(ref.image_size), score_atol=TENSOR_ATOL,
+        )  # fmt: skip
+        assert not problems, problems
+        assert ours["class_names"] == [
+            page_run["detector"].metadata.id2label[int(c)] for c in labels
+        ]
+        assert tuple(ours["image_size"]) == ref.image_size
+        if len(scores):
+            worst = max(worst, float(np.abs(np.sort(scores) - np.sort(ref.confidence)).max()))
+    print(f"\n{page}: {run['model']}; max sorted-score diff {worst:.2e}")
+
+
+# --- 2. same file, two decoders ----------------------------------------------------------------
+
+
+def _steps(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    steps = np.abs(ours - reference) * 255
+    return float(steps.max()), float(steps.mean())
+
+
+def test_jpeg_decoders_against_pillow(page_run):
+    """jpeg-js (URL/Blob) within the IDCT rounding of Pillow's tensor, detections matched
+    as the Node client's; Chromium's decoder (<img>) measured and loosely bounded."""
+    detector, report = page_run["detector"], {}
+    for name, path in page_run["jpegs"].items():
+        got = page_run["pages"]["main"]["results"][name]
+        assert got["decoders"] == ["jpeg-js", "browser"]
+        reference = detector.prepare(path)["images"].ravel()
+        report[name] = {"jpeg-js": _steps(_encode_f32(got["jpegjs"]), reference)}
+        report[name]["browser"] = _steps(_encode_f32(got["browser"]), reference)
+        (ref,) = detector.predict(path, threshold=page_run["thresholds"][name])
+        for key, ours in (("jpeg-js", got["detect"]), ("browser", got["detectImg"])):
+            boxes = np.asarray(ours["boxes"], np.float32).reshape(-1, 4)
+            scores = np.asarray(ours["scores"], np.float32)
+            problems = match_detections(
+                boxes, scores, np.asarray(ours["class_ids"]), ref.xyxy, ref.confidence,
+                ref.class_id, box_atol=BOX_ATOL, score_atol=SCORE_ATOL,
+            )  # fmt: skip
+            report[name][f"{key} detections"] = "match" if not problems else f"{len(problems)} off"
+            if key == "jpeg-js":
+                assert not problems, (name, problems)
+            assert tuple(ours["image_size"]) == ref.image_size, (name, key)
+    print("\ntensor diff to Pillow (uint8 steps, max / mean):", json.dumps(report))
+    for name, measured in report.items():
+        assert measured["jpeg-js"][0] <= JPEG_MAX_STEPS + 1e-3, (name, measured)
+        assert measured["jpeg-js"][1] <= JPEG_MEAN_STEPS, (name, measured)
+        assert measured["browser"][0] <= BROWSER_MAX_STEPS + 1e-3, (name, measured)
+        assert measured["browser"][1] <= BROWSER_MEAN_STEPS, (name, measured)
+
+
+# --- 3. the page itself ------------------------------------------------------------------------
+
+
+def test_picked_image_is_drawn_with_boxes_timings_and_slider(page_run):
+    run = page_run["pages"]["main"]
+    pixels = run["results"]["pixels"]
+    height, width = pixels["height"], pixels["width"]
+    image = np.frombuffer(base64.b64decode(pixels["rgb"]), np.uint8).reshape(height, width, 3)
+    canvas = run["canvas"]
+    assert (canvas["height"], canvas["width"]) == (height, width)
+    drawn = np.frombuffer(base64.b64decode(canvas["rgb"]), np.uint8).reshape(height, width, 3)
+    shown = re.search(r"decode [\d.]+ ms \(jpeg-js\), preprocessing [\d.]+ ms, model [\d.]+ ms; "
+                      rf"(\d+) detections above {page_run['start']:.2f}", run["uploadTimings"])  # fmt: skip
+    assert shown, run["uploadTimings"]
+    everything = run["results"]["slider_reference"]
+    above = [i for i, s in enumerate(everything["scores"]) if s > np.float32(page_run["start"])]
+    assert int(shown.group(1)) == len(above) >= 3
+    changed = np.abs(drawn.astype(int) - image).max(axis=2) > 0
+    boxes = np.asarray(everything["boxes"])[above]
+    outline = box_outline((height, width), boxes)
+    assert changed[outline].mean() > 0.9, "the boxes are not drawn"
+    # The slider at 0 reruns the image: every query above 0.
+    slid = re.search(r"(\d+) detections above 0\.00", run["sliderTimings"])
+    assert slid and int(slid.group(1)) == len(everything["scores"]) != len(above), run[
+        "sliderTimings"
+    ]
+    assert page_run["screenshot"].stat().st_size > 10_000
+
+
+# --- 4. errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ("missing", r"^error: /models/missing/model\.onnx: no sidecar /models/missing/model\.json .*python -m runtime\.sidecar"),
+        ("stale", r"^error: /models/stale/model\.json: stale sidecar, it describes another export \(model\.sha256 000000000000"),
+        ("unverified", r"^error: /models/unverified/model\.onnx: not verified in onnxruntime-web 1\.30\.0 \(wasm\); `python -m runtime\.web model\.onnx --verify`"),
+        ("failed", r"^error: /models/failed/model\.onnx: failed the browser check in onnxruntime-web 1\.30\.0 \(wasm\): tensor 0: score differs by 0\.31"),
+        ("png", r"^error: not-a-jpeg\.png: not a JPEG file \(this client decodes JPEG only\)$"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line(page_run, page, expected):
+    run = page_run["pages"][page]
+    assert run["ready"] == ("1" if page == "png" else "error"), run
+    assert "\n" not in run["status"] and re.search(expected, run["status"]), run["status"]

@@ -4,10 +4,11 @@
 //
 //   node drive.mjs JOBS.json OUT.json
 //
-// JOBS.json: {"chromium": PATH, "pages": [{"url", "evaluate": [{"name", "fn", "arg"}],
+// JOBS.json: {"chromium": PATH, "pages": [{"url", "evaluate": [{"name", "fn" | "helper", "arg"}],
 //   "upload": {"file", "screenshot"}, "slider": 0.3}]}. Each page is opened in a fresh context
 // and waited for until `document.body.dataset.ready` is set ("1" loaded, "error"). `fn` is the
-// source of an async function of `arg`, run in the page (e.g. on window.detector). `upload`
+// source of an async function of `arg`, run in the page (e.g. on window.detector); `helper`
+// names one of HELPERS below. `upload`
 // picks a file with the page's own file input, waits for the drawing, then screenshots it;
 // `slider` then moves the threshold slider. OUT.json gets, per page: ready, status, model,
 // timings (after upload and after the slider), results by name.
@@ -24,6 +25,49 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
 });
 const text = (page, id) => page.locator(`#${id}`).textContent();
+
+// Run in the page with `{"helper": NAME, "arg"}` (instead of "fn"): the tests' measurements.
+const HELPERS = {
+  // A float32 tensor per case from the server -> detectTensor's JSON.
+  tensors: async (cases) => {
+    const out = [];
+    for (const c of cases) {
+      const images = new Float32Array(await (await fetch(c.url)).arrayBuffer());
+      out.push(await window.detector.detectTensor(images, c.orig_size, c.threshold));
+    }
+    return out;
+  },
+  // One JPEG URL through both decoders: jpeg-js (bytes) and Chromium's (an <img>).
+  decoders: async ({ url, threshold }) => {
+    const enc = (a) => window.encodeBase64(a);
+    const img = new Image();
+    img.src = url;
+    await img.decode();
+    const bytes = await window.detector.prepare(url);
+    const drawn = await window.detector.prepare(img);
+    return {
+      jpegjs: enc(bytes.images),
+      browser: enc(drawn.images),
+      decoders: [bytes.decoder, drawn.decoder],
+      detect: await window.detector.detect(url, threshold),
+      detectImg: await window.detector.detect(img, threshold),
+    };
+  },
+  // The decoded RGB pixels of an image.
+  pixels: async (url) => {
+    const { image } = await window.detector.pixels(url);
+    return { width: image.width, height: image.height, rgb: window.encodeBase64(image.data) };
+  },
+  detect: async ({ url, threshold }) => window.detector.detect(url, threshold),
+};
+
+/** A typed array's bytes as base64 (defined in the page before the helpers run). */
+function encodeBase64(array) {
+  const bytes = new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  return btoa(text);
+}
 const out = [];
 try {
   for (const job of jobs.pages) {
@@ -35,8 +79,10 @@ try {
     await page.goto(job.url);
     await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120_000 });
     const result = { ready: await page.evaluate(() => document.body.dataset.ready), results: {}, console };
-    for (const { name, fn, arg } of job.evaluate ?? []) {
-      result.results[name] = await page.evaluate(([source, value]) => (0, eval)(source)(value), [fn, arg ?? null]);
+    await page.evaluate(`window.encodeBase64 = ${encodeBase64.toString()}`);
+    for (const { name, fn, helper, arg } of job.evaluate ?? []) {
+      const source = helper ? HELPERS[helper].toString() : fn;
+      result.results[name] = await page.evaluate(([code, value]) => (0, eval)(`(${code})`)(value), [source, arg ?? null]);
     }
     if (job.upload) {
       await page.locator("#timings").evaluate((node) => (node.textContent = ""));

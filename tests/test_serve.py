@@ -18,8 +18,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from PIL import Image
 from runtime_fixtures import gap_threshold, photo
 
 from runtime import Detector
+from runtime.serve.process import ServerProcess, server_process
 from runtime.sidecar import sidecar_document
 
 http = pytest.importorskip("tritonclient.http", reason="pip install -e '.[dev]'")
@@ -60,62 +59,22 @@ runpy.run_module("runtime.serve", run_name="__main__")
 """
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def client(self) -> http.InferenceServerClient:
-        return http.InferenceServerClient(
-            self.url, connection_timeout=REQUEST_S, network_timeout=REQUEST_S
-        )
+def client_of(server: ServerProcess) -> http.InferenceServerClient:
+    return http.InferenceServerClient(
+        server.url, connection_timeout=REQUEST_S, network_timeout=REQUEST_S
+    )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
 def running_server(model: Path, log: Path, *flags: str, key: str | None = None):
-    """Start the server, wait until ready (bounded), yield it, stop it (SIGTERM, then kill)."""
-    port = _free_port()
+    """The server, torch-free, one engine thread; stopped (SIGTERM, then kill) on exit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RTDETR_DEPLOY_API_KEY", None)
     if key:
         env["RTDETR_DEPLOY_API_KEY"] = key
-    command = [sys.executable, "-c", LAUNCH, str(model), "--port", str(port), "--threads", "1"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [*command, *flags], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    server = Server(process, port, log)
-    try:
-        client, deadline = server.client(), time.monotonic() + START_S
-        while True:
-            assert process.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:  # not listening yet
-                pass
-            assert time.monotonic() < deadline, f"not ready in {START_S} s:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    command = (sys.executable, "-c", LAUNCH)
+    return server_process(
+        model, log, ("--threads", "1", *flags), env=env, command=command, start_s=START_S
+    )
 
 
 def tensor_inputs(feed: dict[str, np.ndarray], *, binary: bool = True) -> list:
@@ -168,8 +127,8 @@ def server(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def client(server: Server):
-    return server.client()
+def client(server: ServerProcess):
+    return client_of(server)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +151,7 @@ def files() -> dict[str, bytes]:
 
 
 @pytest.mark.model
-def test_binds_loopback_only(server: Server):
+def test_binds_loopback_only(server: ServerProcess):
     """The listening socket is 127.0.0.1, not 0.0.0.0 (kserve's hard-coded default)."""
     listening = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -351,10 +310,10 @@ def test_concurrent_clients_answered_like_a_sequential_run(server, detector, fil
     requests = [lambda c, f=f: c.infer("rtdetr", tensor_inputs(f), headers=auth()) for f in feeds]
     requests += [lambda c, d=d: c.infer("rtdetr", image_input([d]), headers=auth())
                  for d in (files["jpeg"], files["rgba"])]  # fmt: skip
-    alone = [outputs_of(request(server.client())) for request in requests]
+    alone = [outputs_of(request(client_of(server))) for request in requests]
 
     def client_run(worker: int) -> list[tuple[int, tuple]]:
-        client = server.client()
+        client = client_of(server)
         picks = [(worker + i) % len(requests) for i in range(12)]
         return [(pick, outputs_of(requests[pick](client))) for pick in picks]
 
@@ -377,7 +336,7 @@ def test_sigterm_finishes_requests_in_flight(onnx_model, detector, tmp_path):
         started = threading.Barrier(7)
 
         def send(_: int) -> np.ndarray:
-            client = server.client()
+            client = client_of(server)
             started.wait(REQUEST_S)
             return client.infer("rtdetr", tensor_inputs(feed)).as_numpy("scores")
 

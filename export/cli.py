@@ -16,6 +16,7 @@ from typing import Any
 
 from export.contract import DEFAULT_OPSET, SUPPORTED_OPSETS, check_opset
 from export.errors import CannotWriteError, ExportError, VerificationError
+from export.report import VerificationReport
 from runtime.files import EXIT_CANNOT_WRITE
 
 __all__ = ["build_parser", "main"]
@@ -112,39 +113,40 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _parity_line(report: dict[str, Any]) -> str:
-    if "detections_top_10" not in report:
-        return str(report.get("parity", "not verified"))
-    top, thr = report["detections_top_10"], report["detections_score_ge_0.3"]
-    diff = report["max_abs_diff"]
+def _parity_line(report: VerificationReport) -> str:
+    top, thr = report.detections_top_n, report.detections_above_threshold
+    if top is None or thr is None or report.max_abs_diff is None:
+        return report.parity or "not verified"
+    batch = report.dynamic_batch.agreement if report.dynamic_batch else float("nan")
+    tied = top.boundary_excluded + thr.boundary_excluded
     return (
-        f"top-10 agreement {top['agreement']:.3f}, score>=0.3 agreement "
-        f"{thr['agreement']:.3f} ({thr['reference_detections']} detections), "
-        f"matched |dscore| <= {thr['max_score_diff']:.2g}, |dbox| <= "
-        f"{thr['max_box_diff_px']:.2g} px; per-query max |dscore| {diff['scores']:.2g}; "
-        f"batch 2 agreement {report['dynamic_batch']['agreement']:.3f}"
+        f"top-{report.top_n} agreement {top.agreement:.3f}, score>={report.score_threshold} "
+        f"agreement {thr.agreement:.3f} ({thr.reference_detections} detections), "
+        f"matched |dscore| <= {thr.max_score_diff:.2g}, |dbox| <= "
+        f"{thr.max_box_diff_px:.2g} px; per-query max |dscore| {report.max_abs_diff.scores:.2g}; "
+        f"batch 2 agreement {batch:.3f}" + (f"; {tied} tied at the top-K boundary" if tied else "")
     )
 
 
-def _map_line(report: dict[str, Any]) -> str:
-    result = report.get("map") or {}
-    if not result.get("measured"):
-        return f"not measured ({result.get('reason', 'not verified')})"
+def _map_line(report: VerificationReport) -> str:
+    result = report.map
+    if result is None or not result.measured:
+        return f"not measured ({result.reason if result else 'not verified'})"
     return (
-        f"PyTorch {result['pytorch']['map']:.4f}, ONNX {result['onnx']['map']:.4f} "
-        f"(drop {result['map_drop']:+.4f}) on {result['images']} images"
+        f"PyTorch {result.pytorch['map']:.4f}, ONNX {result.onnx['map']:.4f} "
+        f"(drop {result.map_drop:+.4f}) on {result.images} images"
     )
 
 
-def _elsewhere_lines(report: dict[str, Any]) -> list[str]:
+def _elsewhere_lines(report: VerificationReport) -> list[str]:
     """The OpenVINO outcome and the runtimes not run, when there are any."""
     lines = []
-    ov = report.get("openvino")
+    ov = report.openvino
     if ov:
-        drop = f", mAP drop {ov['map_drop']:+.4f}" if ov.get("map_drop") is not None else ""
-        verdict = "ok" if ov["passed"] else "WRONG there: " + "; ".join(ov["failures"])
-        lines.append(f"{ov['runtime']}: {verdict}{drop}")
-    lines += [f"not verified: {note}" for note in report.get("not_verified", [])]
+        drop = f", mAP drop {ov.map_drop:+.4f}" if ov.map_drop is not None else ""
+        verdict = "ok" if ov.passed else "WRONG there: " + "; ".join(ov.failures)
+        lines.append(f"{ov.runtime}: {verdict}{drop}")
+    lines += [f"not verified: {note}" for note in report.not_verified]
     return lines
 
 

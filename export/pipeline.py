@@ -9,6 +9,7 @@ were built from the old model), so every ``model.*.onnx`` in the folder belongs 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from export.files import (
     staging_path,
     variant_path,
 )
+from export.report import RuntimeOutcome, VerificationReport
 from export.samples import VerificationImages, caller_images, dataset_images
 from finetune.runs import remove_stale_temp
 from runtime.errors import first_line
@@ -58,7 +60,7 @@ class VariantResult:
     name: str
     path: Path | None
     passed: bool
-    report: dict[str, Any]
+    report: VerificationReport
     error: str | None = None
 
 
@@ -75,7 +77,7 @@ class ExportResult:
     """
 
     path: Path
-    report: dict[str, Any]
+    report: VerificationReport
     metadata: ModelMetadata
     variants: list[VariantResult] = field(default_factory=list)
     triton: Path | None = None
@@ -90,66 +92,65 @@ class _Context:
     verify: bool
 
 
-def _verified(report: dict[str, Any], final: Path) -> dict[str, Any] | None:
+def _verified(report: VerificationReport, final: Path) -> dict[str, Any] | None:
     """The sidecar's ``verified`` entry: where parity with PyTorch was checked, if it was.
 
     The first keys describe the ONNX Runtime check that gates publication; ``runtimes`` lists
     every runtime the file was run in with its outcome (OpenVINO where installed), and
     ``not_verified`` the runtimes it is meant for but that were not run.
     """
-    if "provider" not in report:  # verify=False: graph checks only
+    if report.provider is None:  # verify=False: graph checks only
         return None
-    versions = report.get("versions", {})
-    version = versions.get("onnxruntime-gpu") or versions.get("onnxruntime", "")
+    version = report.versions.get("onnxruntime-gpu") or report.versions.get("onnxruntime", "")
     runtime = f"onnxruntime {version}".strip()
     runtimes = [_outcome(runtime, report)]
-    if "openvino" in report:
-        runtimes.append(report["openvino"])
+    if report.openvino is not None:
+        runtimes.append(report.openvino)
     entry = {
         "runtime": runtime,
-        "provider": report["provider"],
-        "against": f"PyTorch (transformers {versions.get('transformers', '')})",
-        "images": report.get("images", ""),
+        "provider": report.provider,
+        "against": f"PyTorch (transformers {report.versions.get('transformers', '')})",
+        "images": report.images,
         "report": report_path(final).name,
-        "runtimes": runtimes,
+        "runtimes": [dataclasses.asdict(outcome) for outcome in runtimes],
     }
-    if report.get("not_verified"):
-        entry["not_verified"] = report["not_verified"]
+    if report.not_verified:
+        entry["not_verified"] = list(report.not_verified)
     return entry
 
 
-def _outcome(runtime: str, report: dict[str, Any]) -> dict[str, Any]:
+def _outcome(runtime: str, report: VerificationReport) -> RuntimeOutcome:
     """One runtime's verification in a line: passed, the mAP drop and the agreement."""
-    measured = report.get("map", {})
-    return {
-        "runtime": runtime,
-        "provider": report.get("provider", ""),
-        "passed": bool(report.get("passed")),
-        "map_drop": measured.get("map_drop") if measured.get("measured") else None,
-        "agreement_top10": report.get("detections_top_10", {}).get("agreement"),
-        "failures": [f for f in report.get("failures", []) if not f.startswith("note:")],
-    }
+    measured = report.map is not None and report.map.measured
+    return RuntimeOutcome(
+        runtime=runtime,
+        provider=report.provider or "",
+        passed=report.passed,
+        map_drop=report.map.map_drop if measured and report.map else None,
+        agreement_top10=report.detections_top_n.agreement if report.detections_top_n else None,
+        failures=list(report.failures),
+    )
 
 
 def _verify_in_openvino(
-    ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata, report: dict[str, Any]
+    ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata, report: VerificationReport
 ) -> None:
     """Where OpenVINO is installed, run the same checks in it and record the outcome in
-    ``report["openvino"]``. A failure there does not stop publication (ONNX Runtime's check
+    ``report.openvino``. A failure there does not stop publication (ONNX Runtime's check
     gates the file); it is logged as a warning and written into the sidecar."""
     from export.openvino_session import openvino_version
 
     version = openvino_version()
-    if version is None or not ctx.verify or not report.get("passed"):
+    if version is None or not ctx.verify or not report.passed:
         return
     ov = _verify(ctx, tmp, final, metadata, runtime="openvino")
-    report["openvino"] = _outcome(f"openvino {version}", ov)
-    if not ov["passed"]:
+    report.openvino = _outcome(f"openvino {version}", ov)
+    if not ov.passed:
         logger.warning(
             "%s is correct in ONNX Runtime but not in OpenVINO %s (%s): do not serve it there",
             final.name,
             version,
-            "; ".join(report["openvino"]["failures"]),
+            "; ".join(report.openvino.failures),
         )
 
 
@@ -167,7 +168,7 @@ def _write_error(final: Path, exc: OSError) -> str:
 def _publish(
     tmp: Path,
     final: Path,
-    report: dict[str, Any],
+    report: VerificationReport,
     metadata: ModelMetadata,
     stale: Sequence[Path] = (),
 ) -> None:
@@ -175,26 +176,30 @@ def _publish(
     (:func:`export.files.publish`). The report records the file's SHA-256 and size, as the
     sidecar does, so either can be checked against the model beside it."""
     sidecar = sidecar_document(tmp, metadata, verified=_verified(report, final), name=final.name)
-    report.update(sha256=sidecar["model"]["sha256"], bytes=sidecar["model"]["bytes"])
-    documents = {sidecar_path(final): json_bytes(sidecar), report_path(final): json_bytes(report)}
+    report.sha256, report.bytes = sidecar["model"]["sha256"], sidecar["model"]["bytes"]
+    documents = {
+        sidecar_path(final): json_bytes(sidecar),
+        report_path(final): json_bytes(report.to_json()),
+    }
     publish(tmp, final, documents, stale=[failed_report_path(final), *stale])
 
 
 def _verify(
     ctx: _Context, tmp: Path, final: Path, metadata: ModelMetadata, runtime: str = "onnxruntime"
-) -> dict[str, Any]:
+) -> VerificationReport:
     from export.verify import TOLERANCES, check_graph, verify_onnx
 
     if not ctx.verify:  # verify=False: structure only
         problems = check_graph(tmp)
-        return {
-            "model": final.name,
-            "precision": metadata.precision,
-            "opset": metadata.opset,
-            "parity": "not verified (verify=False)",
-            "passed": not problems,
-            "failures": problems,
-        }
+        return VerificationReport(
+            model=final.name,
+            precision=metadata.precision,
+            opset=metadata.opset,
+            parity="not verified (verify=False)",
+            passed=not problems,
+            failures=problems,
+            graph_problems=list(problems),
+        )
     return verify_onnx(
         tmp,
         ctx.reference,
@@ -207,10 +212,10 @@ def _verify(
     )
 
 
-def _reject(tmp: Path, final: Path, report: dict[str, Any]) -> Path | None:
+def _reject(tmp: Path, final: Path, report: VerificationReport) -> Path | None:
     tmp.unlink(missing_ok=True)
     try:
-        atomic_write_json(failed_report_path(final), report)
+        atomic_write_json(failed_report_path(final), report.to_json())
         return failed_report_path(final)
     except OSError:
         return None
@@ -251,7 +256,12 @@ def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata
             if isinstance(exc, OSError) and cannot_write(exc):
                 raise  # a full disk is not a converter crash: exit 3 (below)
             message = first_line(exc, with_type=True)
-            report = {"model": final.name, "passed": False, "failures": [f"build: {message}"]}
+            report = VerificationReport(
+                model=final.name,
+                precision=name,
+                opset=metadata.opset,
+                failures=[f"build: {message}"],
+            )
             _reject(tmp, final, report)
             return VariantResult(name, None, False, report, message)
         meta = replace(metadata, precision=precision, extra={**metadata.extra, **extra})
@@ -260,17 +270,14 @@ def _build_variant(ctx: _Context, name: str, base: Path, metadata: ModelMetadata
         if name == "int8-sym":
             from export.verify import symmetric_problems
 
-            shape = symmetric_problems(tmp)
-            report["tensorrt_shape"] = shape or "ok"
-            if shape:
-                report["failures"] = [*report["failures"], *shape]
-                report["passed"] = False
-        if name in NOT_VERIFIED:
-            report["not_verified"] = NOT_VERIFIED[name]
+            report.tensorrt_shape = symmetric_problems(tmp)
+            if report.tensorrt_shape:
+                report.fail(*report.tensorrt_shape)
+        report.not_verified = list(NOT_VERIFIED.get(name, []))
         _verify_in_openvino(ctx, tmp, final, meta, report)
-        if not report["passed"]:
+        if not report.passed:
             _reject(tmp, final, report)
-            return VariantResult(name, None, False, report, "; ".join(report["failures"]))
+            return VariantResult(name, None, False, report, "; ".join(report.failures))
         _publish(tmp, final, report, meta)
         return VariantResult(name, final, True, report)
     except OSError as exc:  # a full disk: the fp32 model is published, this variant is not
@@ -330,7 +337,7 @@ def export_checkpoint(
         from export import export_checkpoint
 
         result = export_checkpoint("runs/exp", "runs/exp/model.onnx", variants=["fp16"])
-        result.report["detections_top_10"]["agreement"]  # 1.0
+        result.report.detections_top_n.agreement  # 1.0
         ```
     """
     from export.onnx_export import build_metadata, trace_to_onnx, write_metadata
@@ -391,11 +398,10 @@ def export_checkpoint(
         logger.info("verifying %s", final.name)
         report = _verify(ctx, tmp, final, metadata)
         _verify_in_openvino(ctx, tmp, final, metadata, report)
-        if not report["passed"]:
+        if not report.passed:
             where = _reject(tmp, final, report)
             raise VerificationError(
-                f"{final}: verification failed, model not written: "
-                + "; ".join(report["failures"]),
+                f"{final}: verification failed, model not written: " + "; ".join(report.failures),
                 report,
                 where,
             )

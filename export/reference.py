@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,9 @@ class Reference:
     outputs: list[Detections]
     latency_ms: float | None  # median model-only latency, batch 1, after one warm-up
     selection_ties: float = 0.0  # share of images whose encoder top-k boundary is a tie
+    # per image, the detections ranked K+1..2K (what the graph cuts): a graph's K-th
+    # detection that is the reference's K+1-th is a tie at the boundary, not an error
+    beyond: list[Detections] = field(default_factory=list)
 
 
 def median_ms(times: Sequence[float]) -> float | None:
@@ -104,12 +107,15 @@ def torch_reference(
     from finetune.pixels import pixel_values as preprocess
     from finetune.postprocess import DeployModel
 
-    deploy = DeployModel(model, num_top_queries).eval()
+    k = int(getattr(model.config, "num_queries", 300))
+    top_k = num_top_queries or k
+    # 2K detections: the first K are the graph's outputs (the stable order makes them the
+    # same as a top-K's), the next K are what the graph cuts
+    deploy = DeployModel(model, 2 * top_k).eval()
     encoder: list[Any] = []
     head = getattr(getattr(model, "model", None), "enc_score_head", None)
     hook = head.register_forward_hook(lambda m, i, o: encoder.append(o)) if head else None
-    k = int(getattr(model.config, "num_queries", 300))
-    pixel_values, sizes, outputs, times, ties = [], [], [], [], []
+    pixel_values, sizes, outputs, beyond, times, ties = [], [], [], [], [], []
     try:
         with torch.inference_mode(), lowest_index_topk():
             for image in images:
@@ -120,10 +126,12 @@ def torch_reference(
                 times.append(time.perf_counter() - start)
                 pixel_values.append(pv.numpy())
                 sizes.append(size.numpy())
-                outputs.append(Detections(labels[0].numpy(), boxes[0].numpy(), scores[0].numpy()))
+                labels, boxes, scores = labels[0].numpy(), boxes[0].numpy(), scores[0].numpy()
+                outputs.append(Detections(labels[:top_k], boxes[:top_k], scores[:top_k]))
+                beyond.append(Detections(labels[top_k:], boxes[top_k:], scores[top_k:]))
                 ties.extend(_boundary_tie(e, k) for e in encoder[-1:])
     finally:
         if hook is not None:
             hook.remove()
     tie_share = round(float(np.mean(ties)), 6) if ties else 0.0
-    return Reference(pixel_values, sizes, outputs, median_ms(times), tie_share)
+    return Reference(pixel_values, sizes, outputs, median_ms(times), tie_share, beyond)

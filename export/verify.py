@@ -29,6 +29,7 @@ import numpy as np
 from export.contract import INPUTS, OUTPUTS, TOP_K_AXIS, TensorSpec
 from export.parity import Detections, Tolerance, agreement, max_abs_diff
 from export.reference import Reference, median_ms
+from export.report import Latency, MapComparison, VerificationReport
 from export.samples import VerificationImages
 from finetune.metrics import Boxes, mean_average_precision
 from runtime.errors import first_line
@@ -190,20 +191,20 @@ def _map(
     candidate: Sequence[Detections],
     images: VerificationImages,
     tol: Tolerance,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[MapComparison, list[str]]:
     if images.targets is None:
-        return {"measured": False, "reason": "; ".join(images.notes) or "no ground truth"}, []
+        return MapComparison(False, reason="; ".join(images.notes) or "no ground truth"), []
     ref = mean_average_precision(_boxes(reference.outputs), images.targets, images.class_names)
     cand = mean_average_precision(_boxes(candidate), images.targets, images.class_names)
     drop = round(ref["map"] - cand["map"], 6)
-    result = {
-        "measured": True,
-        "images": len(images.targets),
-        "pytorch": ref,
-        "onnx": cand,
-        "map_drop": drop,
-        "map50_drop": round(ref["map_50"] - cand["map_50"], 6),
-    }
+    result = MapComparison(
+        measured=True,
+        images=len(images.targets),
+        pytorch=ref,
+        onnx=cand,
+        map_drop=drop,
+        map50_drop=round(ref["map_50"] - cand["map_50"], 6),
+    )
     failures = []
     if drop > tol.max_map_drop:
         failures.append(f"mAP50:95 drops by {drop:.4f} (> {tol.max_map_drop})")
@@ -220,7 +221,7 @@ def verify_onnx(
     name: str,
     threads: int | None = None,
     runtime: str = "onnxruntime",
-) -> dict[str, Any]:
+) -> VerificationReport:
     """Run every check on the graph at ``path`` and return the report (``passed`` inside).
 
     ``runtime="openvino"`` runs the same checks in OpenVINO's CPU plugin
@@ -235,18 +236,18 @@ def verify_onnx(
         name: The final file name, for the report.
         threads: ONNX Runtime intra-op threads.
     """
-    report: dict[str, Any] = {
-        "model": name,
-        "precision": expected.precision,
-        "opset": expected.opset,
-        "source_checkpoint": expected.source_checkpoint,
-        "versions": _versions(),
-        "images": images.source,
-        "notes": list(images.notes),
-        "tolerance": tolerance.to_dict(),
-    }
+    report = VerificationReport(
+        model=name,
+        precision=expected.precision,
+        opset=expected.opset,
+        source_checkpoint=expected.source_checkpoint,
+        versions=_versions(),
+        images=images.source,
+        notes=list(images.notes),
+        tolerance=tolerance,
+    )
     failures = check_graph(path)
-    report["checker_and_contract"] = failures or "ok"
+    report.graph_problems = list(failures)
     try:
         from export.onnx_export import read_metadata
 
@@ -255,7 +256,8 @@ def verify_onnx(
     except MetadataError as exc:
         failures.append(f"metadata: {exc}")
     if failures:  # no point running a graph that breaks the contract
-        return {**report, "passed": False, "failures": failures}
+        report.fail(*failures)
+        return report
 
     try:
         if runtime == "openvino":
@@ -273,36 +275,43 @@ def verify_onnx(
             np.concatenate([reference.sizes[i] for i in pick]),
         )
     except (*_ort_errors(), RuntimeError) as exc:  # OpenVINO raises RuntimeError
-        return {
-            **report,
-            "passed": False,
-            "failures": [f"{runtime}: {first_line(exc, with_type=True)}"],
-        }
-    report["provider"] = session.get_providers()[0]
-    report["latency_ms_median"] = {
-        "pytorch": reference.latency_ms,
-        "onnx": median_ms(times),
-        "what": "model only (no decode/resize), batch 1, CPU, "
+        report.fail(f"{runtime}: {first_line(exc, with_type=True)}")
+        return report
+    report.provider = session.get_providers()[0]
+    report.latency_ms_median = Latency(
+        pytorch=reference.latency_ms,
+        onnx=median_ms(times),
+        what="model only (no decode/resize), batch 1, CPU, "
         "after one warm-up; a sanity figure, not a benchmark",
-    }
-    report["max_abs_diff"] = max_abs_diff(reference.outputs, outputs)
-    report["query_selection_ties"] = reference.selection_ties
-    thr = agreement(reference.outputs, outputs, tolerance, threshold=SCORE_THRESHOLD)
-    top = agreement(reference.outputs, outputs, tolerance, top=TOP_N)
-    report[f"detections_score_ge_{SCORE_THRESHOLD}"] = thr
-    report[f"detections_top_{TOP_N}"] = top
-    for label, result in ((f"score >= {SCORE_THRESHOLD}", thr), (f"top {TOP_N}", top)):
-        if result["agreement"] < tolerance.min_agreement:
+    )
+    report.max_abs_diff = max_abs_diff(reference.outputs, outputs)
+    report.query_selection_ties = reference.selection_ties
+    beyond = reference.beyond or None
+    report.score_threshold, report.top_n = SCORE_THRESHOLD, TOP_N
+    report.detections_above_threshold = agreement(
+        reference.outputs, outputs, tolerance, threshold=SCORE_THRESHOLD, beyond=beyond
+    )
+    report.detections_top_n = agreement(
+        reference.outputs, outputs, tolerance, top=TOP_N, beyond=beyond
+    )
+    for label, result in (
+        (f"score >= {SCORE_THRESHOLD}", report.detections_above_threshold),
+        (f"top {TOP_N}", report.detections_top_n),
+    ):
+        if result.agreement < tolerance.min_agreement:
             failures.append(
-                f"detections ({label}): agreement {result['agreement']:.4f} "
+                f"detections ({label}): agreement {result.agreement:.4f} "
                 f"< {tolerance.min_agreement}"
             )
 
-    batched = agreement([outputs[i] for i in pick], batch, tolerance, top=TOP_N)
-    report["dynamic_batch"] = {"batch_size": len(pick), **batched}
-    if batched["agreement"] < tolerance.min_agreement:
-        failures.append(f"batch of 2 disagrees with batch 1 (agreement {batched['agreement']})")
+    report.dynamic_batch_size = len(pick)
+    report.dynamic_batch = agreement([outputs[i] for i in pick], batch, tolerance, top=TOP_N)
+    if report.dynamic_batch.agreement < tolerance.min_agreement:
+        failures.append(
+            f"batch of 2 disagrees with batch 1 (agreement {report.dynamic_batch.agreement})"
+        )
 
-    report["map"], map_failures = _map(reference, outputs, images, tolerance)
+    report.map, map_failures = _map(reference, outputs, images, tolerance)
     failures += map_failures
-    return {**report, "passed": not failures, "failures": failures}
+    report.failures, report.passed = failures, not failures
+    return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -19,6 +20,7 @@ from export import ExportResult, VerificationError, export_checkpoint
 from export.cli import main
 from export.contract import INPUT_NAMES, OUTPUT_NAMES
 from export.parity import Detections, Tolerance, agreement, max_abs_diff
+from export.report import VerificationReport
 from export.verify import TOLERANCES, check_graph, make_session
 from runtime.metadata import ModelMetadata, Preprocessing
 from runtime.sidecar import read_sidecar, sidecar_path
@@ -121,16 +123,19 @@ def test_metadata_round_trip(exported: ExportResult, pets_checkpoint: Path) -> N
 @pytest.mark.slow
 def test_parity_report(exported: ExportResult) -> None:
     report = exported.report
-    assert report["passed"], report["failures"]
-    assert report["images"].startswith("3 image(s) of the test split")
-    assert report["max_abs_diff"]["scores"] < 1e-4
-    assert report["max_abs_diff"]["boxes_px"] < 1e-2
-    assert report["detections_top_10"]["agreement"] == 1.0
-    assert report["detections_top_10"]["reference_detections"] == 30
-    assert report["dynamic_batch"]["agreement"] == 1.0
-    assert report["map"]["measured"] and abs(report["map"]["map_drop"]) <= 1e-6
+    assert report.passed, report.failures
+    assert report.images.startswith("3 image(s) of the test split")
+    assert report.max_abs_diff.scores < 1e-4
+    assert report.max_abs_diff.boxes_px < 1e-2
+    assert report.top_n == 10 and report.detections_top_n.agreement == 1.0
+    assert report.detections_top_n.reference_detections == 30
+    assert report.dynamic_batch_size == 2 and report.dynamic_batch.agreement == 1.0
+    assert report.map.measured and abs(report.map.map_drop) <= 1e-6
+    # the published JSON reads back as the same report, its file's SHA-256 and size inside
     on_disk = json.loads(exported.path.with_name("model.verify.json").read_text())
-    assert on_disk["passed"] and on_disk["max_abs_diff"] == report["max_abs_diff"]
+    assert VerificationReport.from_json(on_disk) == report
+    assert on_disk["sha256"] == hashlib.sha256(exported.path.read_bytes()).hexdigest()
+    assert on_disk["bytes"] == exported.path.stat().st_size
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +151,7 @@ def warm_exported(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
 @pytest.mark.slow
 def test_variants_pass_on_a_trained_model(warm_exported: ExportResult) -> None:
     exported = warm_exported
-    assert exported.report["map"]["pytorch"]["map"] >= 0.3  # a trained reference, not ties
+    assert exported.report.map.pytorch["map"] >= 0.3  # a trained reference, not ties
     assert [v.name for v in exported.variants] == ["fp16", "int8", "slim"]
     for variant in exported.variants:
         final = exported.path.with_name(f"model.{variant.name}.onnx")
@@ -159,9 +164,9 @@ def test_variants_pass_on_a_trained_model(warm_exported: ExportResult) -> None:
         assert ModelMetadata.from_props(props).precision == precision
         report = variant.report
         tolerance = TOLERANCES[precision]
-        assert report["map"]["measured"] and report["map"]["map_drop"] <= tolerance.max_map_drop
-        for key in ("detections_score_ge_0.3", "detections_top_10"):
-            assert report[key]["agreement"] >= tolerance.min_agreement
+        assert report.map.measured and report.map.map_drop <= tolerance.max_map_drop
+        for result in (report.detections_above_threshold, report.detections_top_n):
+            assert result.agreement >= tolerance.min_agreement
     assert not list(exported.path.parent.glob(".model.*"))  # no staging file left
 
 
@@ -184,7 +189,7 @@ def test_a_converter_crash_fails_the_variant_and_the_benchmark_row(
     result = export_checkpoint(tiny_checkpoint, out, images=images, variants=["int8"], threads=1)
     (variant,) = result.variants
     assert not variant.passed and variant.path is None
-    assert variant.report["failures"] == ["build: RuntimeError: converter crashed"]
+    assert variant.report.failures == ["build: RuntimeError: converter crashed"]
     assert not out.with_name("model.int8.onnx").exists()
     found = find_variants(out, requested=("int8",))["int8"]
     assert found.status == "FAILED" and "converter crashed" in found.reason
@@ -289,15 +294,17 @@ def test_failed_parity_leaves_nothing(
         "model.onnx",
         "model.verify.failed.json",
     ]
-    report = json.loads((output.parent / "model.verify.failed.json").read_text())
-    assert not report["passed"] and report["failures"]
+    report = VerificationReport.from_json(
+        json.loads((output.parent / "model.verify.failed.json").read_text())
+    )
+    assert not report.passed and report.failures
 
     output.unlink()
     image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
     with pytest.raises(VerificationError) as info:
         export_checkpoint(tiny_checkpoint, output, images=[image, image[:, :40]], threads=1)
-    assert not output.exists() and not info.value.report["passed"]
-    assert info.value.report["images"] == "2 image(s) given by the caller"
+    assert not output.exists() and not info.value.report.passed
+    assert info.value.report.images == "2 image(s) given by the caller"
 
 
 @pytest.mark.slow
@@ -410,9 +417,9 @@ def test_agreement_ignores_query_order() -> None:
     scores = np.array([0.9, 0.5, 0.5, 0.1], np.float32)
     ref = Detections(labels, boxes, scores)
     swapped = Detections(labels[[0, 2, 1, 3]], boxes[[0, 2, 1, 3]], scores[[0, 2, 1, 3]])
-    assert agreement([ref], [swapped], tol, threshold=0.3)["agreement"] == 1.0
-    assert agreement([ref], [swapped], tol, top=3)["agreement"] == 1.0
-    assert max_abs_diff([ref], [swapped])["boxes_px"] > 1
+    assert agreement([ref], [swapped], tol, threshold=0.3).agreement == 1.0
+    assert agreement([ref], [swapped], tol, top=3).agreement == 1.0
+    assert max_abs_diff([ref], [swapped]).boxes_px > 1
 
 
 @pytest.mark.unit
@@ -438,7 +445,7 @@ def test_agreement_tolerances(change: dict[str, float], expected: float) -> None
     labels[1] += int(change.get("label", 0))
     scores[1] -= change.get("score", 0.0)
     result = agreement([ref], [Detections(labels, boxes, scores)], tol, top=2)
-    assert result["agreement"] == expected
+    assert result.agreement == expected
 
 
 @pytest.mark.slow
@@ -463,14 +470,14 @@ def test_int8_sym_variant_sidecar_lists_each_runtime_and_what_was_not_run(
     assert variant.passed, variant.error  # the tiny conditioned model passes int8 parity
     sidecar = json.loads((tmp_path / "model.int8-sym.json").read_text())
     report = variant.report
-    assert report["tensorrt_shape"] == "ok"
-    assert report["not_verified"][0].startswith("TensorRT: not run here")
+    assert report.tensorrt_shape == []  # checked, no problem
+    assert report.not_verified[0].startswith("TensorRT: not run here")
     runtimes = [r["runtime"].split()[0] for r in sidecar["verified"]["runtimes"]]
     assert runtimes == ["onnxruntime"] + (["openvino"] if openvino_version() else [])
     assert all(r["passed"] for r in sidecar["verified"]["runtimes"])
-    assert sidecar["verified"]["not_verified"] == report["not_verified"]
+    assert sidecar["verified"]["not_verified"] == report.not_verified
     if openvino_version():
-        assert report["openvino"]["runtime"] == f"openvino {openvino_version()}"
+        assert report.openvino.runtime == f"openvino {openvino_version()}"
 
 
 @pytest.mark.slow
@@ -480,5 +487,5 @@ def test_a_float16_checkpoint_exports_in_float32(tmp_path: Path) -> None:
     from finetune.model import WARMSTART_DIR
 
     result = export_checkpoint(WARMSTART_DIR, tmp_path / "model.onnx", verify=False)
-    assert result.report["passed"], result.report["failures"]
+    assert result.report.passed, result.report.failures
     assert result.metadata.precision == "fp32"

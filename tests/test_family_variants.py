@@ -1,0 +1,198 @@
+"""Export variants per family (issue 17, items 3 and 4): fp16 and int8 of every family build
+with that family's float islands (``finetune.islands``, read through the graph's
+``model_type``), the Triton repository records the family, and RT-DETRv2's discrete sampling
+exports without GridSample and verifies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from runtime_fixtures import photo
+from test_family_export import IMAGE, build
+
+from export.errors import ExportError
+from export.variants import float_nodes, to_fp16, to_int8
+from export.verify import check_graph
+from finetune.families import FAMILIES
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+VARIANT_FAMILIES = ("rt_detr_v2", "d_fine", "deimv2", "rf_detr")
+WEIGHTED = ("Conv", "MatMul", "Gemm")
+
+
+def _checkpoint(folder: Path, family: str, decoder_method: str = "default") -> Path:
+    """A calibrated tiny model of ``family`` (tests/test_family_export.py) saved with its
+    family's image processor at the trace size."""
+    name = family if decoder_method == "default" else f"{family}_{decoder_method}"
+    build(name).save_pretrained(folder)
+    FAMILIES[family].scratch_processor(IMAGE).save_pretrained(folder)
+    return folder
+
+
+class _Exports(dict):
+    """Per family, on first use: ``model.onnx`` exported without verification (seconds),
+    metadata inside, the checkpoint beside it."""
+
+    def __init__(self, root: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        from export import export_checkpoint
+
+        folder = self.root.mktemp(family)
+        checkpoint = _checkpoint(folder / "checkpoint", family)
+        self[family] = export_checkpoint(checkpoint, folder / "model.onnx", verify=False).path
+        return self[family]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The module's exports, shared by its tests (:class:`_Exports`)."""
+    return _Exports(tmp_path_factory)
+
+
+def _layers(model: Path) -> int:
+    """Decoder layers of the checkpoint exported beside ``model``."""
+    return json.loads((model.parent / "checkpoint" / "config.json").read_text())["decoder_layers"]
+
+
+def _weighted(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {n.name: n for n in model.graph.node if n.op_type in WEIGHTED}
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("family", VARIANT_FAMILIES)
+def test_every_island_names_nodes_of_its_family(family, exported):
+    """Each prefix of the family's islands keeps at least one weighted node float (a renamed
+    module would silently quantize it), fp16 keeps a subset of int8's float nodes, and the
+    backbone is quantized."""
+    model = onnx.load(str(exported[family]))
+    islands = FAMILIES[family].islands
+    layers = _layers(exported[family])
+    plain = set(float_nodes(model, layers))
+    int8 = set(float_nodes(model, layers, int8=True))
+    weighted = set(_weighted(model))
+    last = [head.format(k=layers - 1) for head in islands.last_heads]
+    for prefix in (*islands.always[1:], *last):
+        assert any(n.startswith(prefix) for n in weighted & plain), f"{family}: {prefix}"
+    for prefix in islands.int8:
+        assert any(n.startswith(prefix) for n in weighted & (int8 - plain)), f"{family}: {prefix}"
+    assert int8 - plain - {n for n in int8 if n.startswith(islands.int8)}  # the pattern's
+    assert plain < int8
+    assert all(n.name in plain for n in model.graph.node if n.name.startswith("/postprocessor/"))
+    backbone = {n for n in weighted if "/backbone/" in n or "/conv_encoder/" in n}
+    assert backbone and not backbone & int8
+
+
+@pytest.mark.model
+def test_islands_come_from_the_graphs_model_type(exported):
+    """The family is read from the metadata: an RT-DETR reading of RF-DETR's graph keeps
+    other nodes, and a graph without ``model_type`` is refused with the reason."""
+    model = onnx.load(str(exported["rf_detr"]))
+    own = set(float_nodes(model, 2, int8=True))
+    assert any(n.startswith("/model/model/enc_out_class_embed.") for n in own)
+    for prop in model.metadata_props:
+        if prop.key == "model_type":
+            prop.value = "rt_detr"
+    assert set(float_nodes(model, 2, int8=True)) != own
+    del model.metadata_props[:]
+    with pytest.raises(ValueError, match="no model_type in its metadata_props"):
+        float_nodes(model, 2)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("family", VARIANT_FAMILIES)
+def test_int8_and_fp16_of_each_family_build_with_its_islands(family, exported, tmp_path):
+    """int8: exactly the weighted nodes outside the islands have int8 weights; fp16: the
+    islands stay float32; both pass the checker and the contract."""
+    from transformers import AutoImageProcessor
+
+    source = exported[family]
+    layers = _layers(source)
+    processor = AutoImageProcessor.from_pretrained(source.parent / "checkpoint")
+    int8 = tmp_path / "model.int8.onnx"
+    extra = to_int8(
+        source, int8, processor, [photo(IMAGE, IMAGE, seed=i) for i in range(2)], layers
+    )
+    assert FAMILIES[family].islands.described in extra["quantization"]
+    assert check_graph(int8) == []
+    quantized = onnx.load(str(int8))
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    kept = set(float_nodes(onnx.load(str(source)), layers, int8=True))
+    int8_weights = {n for n, node in _weighted(quantized).items() if node.input[1] in dequantized}
+    assert int8_weights == set(_weighted(quantized)) - kept and int8_weights
+
+    fp16 = tmp_path / "model.fp16.onnx"
+    to_fp16(source, fp16)
+    assert check_graph(fp16) == []
+    half = onnx.load(str(fp16))
+    plain = set(float_nodes(onnx.load(str(source)), None))
+    halves = {i.name for i in half.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    weights = {i.name for i in half.graph.initializer}
+    weighted = {n: node for n, node in _weighted(half).items() if node.input[1] in weights}
+    assert weighted.keys() & plain and weighted.keys() - plain
+    for name, node in weighted.items():
+        assert (node.input[1] in halves) == (name not in plain), name
+
+
+@pytest.mark.slow
+def test_triton_repository_of_another_family_records_it(tmp_path):
+    """``--triton`` for D-FINE: the config names the contract and the sidecar beside the
+    model says ``model_type: d_fine`` (clients need no family code)."""
+    from export import export_checkpoint
+
+    checkpoint = _checkpoint(tmp_path / "checkpoint", "d_fine")
+    result = export_checkpoint(
+        checkpoint, tmp_path / "model.onnx", verify=False, triton_dir=tmp_path / "triton"
+    )
+    folder = result.triton
+    assert 'platform: "onnxruntime_onnx"' in (folder / "config.pbtxt").read_text()
+    sidecar = json.loads((folder / "1" / "model.json").read_text())
+    assert json.dumps(sidecar).count('"model_type": "d_fine"') == 1
+    assert (folder / "1" / "model.onnx").read_bytes() == result.path.read_bytes()
+
+
+@pytest.mark.slow
+def test_discrete_sampling_exports_without_gridsample_and_verifies(tmp_path):
+    """``decoder_method="discrete"`` on a default RT-DETRv2 checkpoint: no GridSample (the
+    default graph has some), verified against PyTorch (the discrete model), recorded in the
+    metadata and the sidecar."""
+    from export import export_checkpoint
+
+    checkpoint = _checkpoint(tmp_path / "checkpoint", "rt_detr_v2")
+    images = [photo(IMAGE, IMAGE, seed=i) for i in range(4)]
+    counts, results = {}, {}
+    for method in ("default", "discrete"):
+        output = tmp_path / method / "model.onnx"
+        result = export_checkpoint(checkpoint, output, images=images, decoder_method=method)
+        graph = onnx.load(str(result.path)).graph
+        counts[method] = sum(node.op_type == "GridSample" for node in graph.node)
+        results[method] = result
+    assert counts["discrete"] == 0 < counts["default"]
+    discrete = results["discrete"]
+    assert discrete.report["passed"]
+    assert discrete.metadata.extra["decoder_method"] == "discrete"
+    assert results["default"].metadata.extra["decoder_method"] == "default"
+    sidecar = json.loads(discrete.path.with_suffix(".json").read_text())
+    assert '"decoder_method": "discrete"' in json.dumps(sidecar)
+
+
+@pytest.mark.model
+def test_discrete_sampling_is_refused_for_families_without_it(tiny_checkpoint, tmp_path, capsys):
+    """RT-DETR has no decoder_method: a one-line error naming the families that have one
+    (library and command line, exit 2)."""
+    from export import export_checkpoint
+    from export.cli import main
+
+    with pytest.raises(ExportError, match=r"RT-DETR \(rt_detr\) has no decoder_method option; "):
+        export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", decoder_method="discrete")
+    argv = ["--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "m.onnx")]
+    assert main([*argv, "--decoder-method", "discrete"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "rt_detr_v2, d_fine, deimv2 have it" in err
+    assert not (tmp_path / "m.onnx").exists()

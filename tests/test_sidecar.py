@@ -16,7 +16,13 @@ import pytest
 from runtime import Detector, MetadataError, ModelMetadata, Preprocessing
 from runtime.contract import INPUTS, OUTPUTS
 from runtime.metadata import RESAMPLE_FILTERS, SCHEMA_KEY
-from runtime.sidecar import file_sha256, read_sidecar, sidecar_path, write_sidecar
+from runtime.sidecar import (
+    file_sha256,
+    read_sidecar,
+    record_runtime,
+    sidecar_path,
+    write_sidecar,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,3 +219,32 @@ def test_write_sidecar_refuses_a_foreign_model(tmp_path):
     with pytest.raises(MetadataError, match="no rtdetr-deploy metadata"):
         write_sidecar(plain)
     assert not sidecar_path(plain).exists()
+
+
+@pytest.mark.model
+def test_record_runtime_replaces_its_own_entry_and_refuses_a_stale_sidecar(exported, tmp_path):
+    """The browser check's record (runtime.web --verify): one entry per runtime and provider,
+    other keys and entries kept, the model still readable; never into a stale sidecar."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(exported.read_bytes())
+    document = json.loads(sidecar_path(exported).read_text())
+    export_entry = {"runtime": "onnxruntime 1.32.0", "provider": "CPUExecutionProvider"}
+    document["verified"] = {"report": "model.verify.json", "runtimes": [export_entry]}
+    sidecar_path(model).write_text(json.dumps(document))
+    web = {"runtime": "onnxruntime-web 1.30.0", "provider": "wasm", "passed": False}
+    record_runtime(model, web)
+    record_runtime(model, {**web, "provider": "webgpu"})
+    record_runtime(model, {**web, "passed": True})  # a rerun replaces the earlier outcome
+    verified = json.loads(sidecar_path(model).read_text())["verified"]
+    assert verified["report"] == "model.verify.json"
+    assert verified["runtimes"] == [
+        export_entry,
+        {**web, "provider": "webgpu"},
+        {**web, "passed": True},
+    ]
+    assert read_sidecar(sidecar_path(model)) == Detector(model).metadata
+    before = sidecar_path(model).read_text()
+    model.write_bytes(exported.read_bytes() + b"\0")  # another file under the same name
+    with pytest.raises(MetadataError, match="another version"):
+        record_runtime(model, web)
+    assert sidecar_path(model).read_text() == before

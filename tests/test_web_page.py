@@ -246,6 +246,11 @@ def test_same_tensor_gives_detectors_detections(page_run, page):
         assert tuple(ours["image_size"]) == ref.image_size
         if len(scores):
             worst = max(worst, float(np.abs(np.sort(scores) - np.sort(ref.confidence)).max()))
+    # Threads where cross-origin isolated (runtime.web's COOP/COEP): min(cores, 4), else ?threads
+    threads = min(os.cpu_count() or 1, 4) if page == "main" else 1
+    assert f"wasm, {threads} thread{'s' if threads > 1 else ''}, loaded" in run["model"], run[
+        "model"
+    ]
     print(f"\n{page}: {run['model']}; max sorted-score diff {worst:.2e}")
 
 

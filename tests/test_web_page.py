@@ -340,3 +340,33 @@ def test_errors_are_one_line(page_run, page, expected):
     assert run["ready"] == ("1" if page == "png" else "error"), run
     prefix = "^error: " if page == "png" else f"^error: /models/{page}/"
     assert "\n" not in run["status"] and re.search(prefix + expected, run["status"]), run["status"]
+
+
+# --- the comparison the gate uses (no browser) -------------------------------------------------
+
+
+@pytest.mark.unit
+def test_browser_check_fails_on_a_score_a_box_or_a_label_off():
+    """``runtime.web_verify``'s comparison: equal passes; a score 2e-5 off, a box 0.1 px off
+    (of 640) or a changed label fails the same-tensor check, each with its reason."""
+    from runtime.detections import RawDetections
+    from runtime.web_verify import _check, compare
+
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 600, (6, 4)).astype(np.float32)
+    scores = np.sort(rng.uniform(0, 1, 6).astype(np.float32))[::-1]
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    ref = RawDetections(boxes, scores, labels, labels.astype(str), (480, 640))
+    ours = {"boxes": boxes.tolist(), "scores": scores.tolist(), "class_ids": labels.tolist()}
+
+    def problems(**changes: Any) -> list[str]:
+        return _check("t", compare({**ours, **changes}, ref), TENSOR_ATOL, TENSOR_ATOL * 640)
+
+    assert problems() == []
+    assert problems(scores=(scores + np.float32(2e-5)).tolist()) == [
+        "t: score differs by 2e-05 (allowed 1e-05)"
+    ]
+    moved = boxes.copy()
+    moved[3, 1] += 0.1
+    assert problems(boxes=moved.tolist())[0].startswith("t: box differs by 0.1 px")
+    assert problems(class_ids=[0, 1, 2, 0, 1, 1])[0] == "t: 1 detections without a same-label match"

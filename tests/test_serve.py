@@ -9,7 +9,9 @@ starts its own short-lived server. Every request is bounded by the client's time
 from __future__ import annotations
 
 import asyncio
+import http.client as http_client
 import io
+import json
 import os
 import signal
 import socket
@@ -19,6 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -259,6 +262,10 @@ def _bad_cases(feed: dict[str, np.ndarray], files: dict[str, bytes]) -> dict[str
                   "400", r"input 'images': shape \[1, 3, 32, 64\], expected \[N, 3, 64, 64\]"),
         "sizes-shape": (tensor_inputs({"images": images, "orig_target_sizes": sizes[:, :1]}),
                         "400", r"input 'orig_target_sizes': shape \[1, 1\], expected \[1, 2\]"),
+        "nan": (tensor_inputs({"images": np.full_like(images, np.nan), "orig_target_sizes": sizes}),
+                "400", "input 'images': contains NaN or infinity"),
+        "sizes-zero": (tensor_inputs({"images": images, "orig_target_sizes": sizes * 0}), "400",
+                       r"input 'orig_target_sizes': sizes must be positive"),
         "missing": (tensor_inputs(feed)[:1], "400", "missing input 'orig_target_sizes'"),
         "unknown": (image_input([files["jpeg"]], name="picture"), "400",
                     "unknown input 'picture'"),
@@ -279,6 +286,8 @@ BAD = [
     "rank",
     "shape",
     "sizes-shape",
+    "nan",
+    "sizes-zero",
     "missing",
     "unknown",
     "empty-tensor",
@@ -297,6 +306,42 @@ def test_bad_input_is_4xx_naming_it_then_good_request_works(client, detector, fi
     assert caught.value.status() == status, caught.value
     good = client.infer("rtdetr", tensor_inputs(feed), headers=auth())
     np.testing.assert_array_equal(good.as_numpy("scores"), detector.run(feed)[2])
+
+
+def _raw_post(server: ServerProcess, headers: dict[str, str], body: Any) -> tuple[int, str]:
+    connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=15)
+    try:
+        connection.putrequest("POST", "/v2/models/rtdetr/infer")
+        for key, value in {**auth(), **headers}.items():
+            connection.putheader(key, value)
+        connection.endheaders()
+        try:
+            for chunk in body:
+                connection.send(chunk)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and stopped reading
+            pass
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())["error"]
+    finally:
+        connection.close()
+
+
+@pytest.mark.model
+def test_declared_oversized_body_is_refused_before_it_is_read(server):
+    """Content-Length over the limit: 413 at once, without waiting for the (never sent) body."""
+    status, error = _raw_post(server, {"Content-Length": str(10 * 2**20)}, [b"x" * 10])
+    assert (status, error) == (413, f"request body is larger than the server's limit of "
+                                    f"{MAX_BODY_MB * 2**20} bytes (--max-body-mb)")  # fmt: skip
+
+
+@pytest.mark.model
+def test_chunked_oversized_body_is_refused_while_it_streams(server):
+    """No Content-Length (chunked): 413 as soon as the bytes read pass the limit."""
+    chunk = b"x" * 65536
+    frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    body = [frame] * (MAX_BODY_MB * 16 + 1) + [b"0\r\n\r\n"]
+    status, error = _raw_post(server, {"Transfer-Encoding": "chunked"}, body)
+    assert status == 413 and "larger than the server's limit" in error
 
 
 # --- load and shutdown -------------------------------------------------------------------------

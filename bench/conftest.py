@@ -17,6 +17,7 @@ _TORCH_IMPORTED_EARLY = "torch" in sys.modules
 from collections.abc import Callable  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from runtime.extras import exit_unless_installed  # noqa: E402
@@ -51,6 +52,18 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # loaded as a non-initial conftest: its options were never added
     config.stash[OPTIONS] = options = options_from(config)
     config.stash[RESULTS] = Results(batch=options.batch)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``size_key``: the sizes ``--families`` selected (bench/test_real_sizes.py)."""
+    if "size_key" not in metafunc.fixturenames:
+        return
+    keys = list(metafunc.config.stash[OPTIONS].families)
+    if not keys:
+        none = pytest.param("", marks=pytest.mark.skip(reason="--families none / --no-real-sizes"))
+        metafunc.parametrize("size_key", [none])
+        return
+    metafunc.parametrize("size_key", keys)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -277,8 +290,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         results.claims = evaluate_claims(
             results, device=options.device, target_fps=options.target_fps
         )
-    if results.report_dir is not None:
-        paths = write_report(results, results.report_dir)
+    folder = results.report_dir
+    if folder is None and results.real_sizes:  # only the real sizes ran: no run folder
+        folder = Path(session.config.stash[OPTIONS].runs_dir) / "bench-real-sizes"
+    if folder is not None:
+        paths = write_report(results, folder)
         results.notes.append("report: " + ", ".join(str(p) for p in paths))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,35 @@ PEAK_SIZE = 2048  # square GEMM: large enough to run at the kernel's full rate
 def _shape(shapes: dict[str, list[int]], name: str) -> list[int] | None:
     dims = shapes.get(name)
     return dims if dims and all(d > 0 for d in dims) else None
+
+
+_COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _measured_shapes(model: Any, names: list[str]) -> dict[str, list[int]]:
+    """Shapes of the tensors ``names`` from one ONNX Runtime run on zeros (the input axes
+    already fixed in ``model``). Static inference stops where a shape depends on computed
+    values: HGNetV2's stem pads by computed amounts, so D-FINE's and DEIMv2's graphs lost every
+    shape after their first convolution and counted 0.0 GFLOPs."""
+    import onnx
+    import onnxruntime as ort
+
+    from runtime.session import session_options
+
+    graph = onnx.ModelProto()
+    graph.CopyFrom(model)
+    initializers = {i.name for i in graph.graph.initializer}
+    wanted = [n for n in names if n not in initializers]
+    graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
+    session = ort.InferenceSession(
+        graph.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"]
+    )
+    feed = {}
+    for value in session.get_inputs():
+        dtype = np.int64 if "int64" in value.type else np.float32
+        feed[value.name] = np.ones([d if isinstance(d, int) else 1 for d in value.shape], dtype)
+    outputs = session.run(wanted, feed)
+    return {name: list(array.shape) for name, array in zip(wanted, outputs, strict=True)}
 
 
 def graph_gflops(path: Path, batch: int = 1, axes: dict[str, int] | None = None) -> float:
@@ -79,9 +109,14 @@ def graph_gflops(path: Path, batch: int = 1, axes: dict[str, int] | None = None)
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
     for init in inferred.graph.initializer:
         shapes[init.name] = list(init.dims)
+    counted = [n for n in inferred.graph.node if n.op_type in _COUNTED]
+    unknown = {name for n in counted for name in (n.input[0], n.input[1], n.output[0])
+               if not _shape(shapes, name)}  # fmt: skip
+    if unknown:
+        shapes.update(_measured_shapes(model, sorted(unknown)))
     flops = 0.0
     for node in inferred.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose"):
+        if node.op_type in _COUNTED[:2]:
             out, weight = _shape(shapes, node.output[0]), _shape(shapes, node.input[1])
             if out and weight:  # weight [Cout, Cin/groups, kh, kw]: each output reads Cin/g*k*k
                 flops += 2 * np.prod(out) * np.prod(weight[1:])

@@ -1,17 +1,22 @@
-"""R18- and R50-sized RT-DETR at 640 px with random weights: latency only.
+"""Each family's published sizes with random weights, exported by export's code: latency only.
 
-The configs are built in code (no network) as transformers' defaults for
-``PekingU/rtdetr_r18vd`` and ``PekingU/rtdetr_r50vd``: ResNet-vd backbones (deep stem,
-average-pool shortcuts), hybrid encoder, 300 queries, 80 classes. R50 is ``RTDetrConfig()``'s
-own default; R18 uses basic blocks [2, 2, 2, 2], encoder inputs [128, 256, 512], expansion
-0.5 and 3 decoder layers. Weights are random (seeded), so accuracy means nothing: only
-the latency is reported, and labelled so.
+A size (:mod:`bench.published_sizes`; under ``--fast`` each family's small ``scratch:``
+architecture from :mod:`finetune.families`) is built with seeded random weights, then its
+batch norms are set to the statistics of generated images (:func:`settle`): with
+transformers' init the activations vanish (std 1e-10 at D-FINE's encoder at 640 px) and the
+query-selection scores tie, so PyTorch and ONNX Runtime would pick different queries and no
+parity check could tell a right graph from a wrong one. Settled, the scores are distinct and
+each runtime's graph is gated on export's own verification against PyTorch
+(:mod:`bench.family_gates`). Accuracy still means nothing: only the latency is reported,
+and labelled so.
 
-The exported graph is cached under ``~/.cache/rtdetr-deploy/bench/`` (``$RTDETR_DEPLOY_CACHE``),
-keyed by the config and the torch and toolkit versions: tracing R50 takes a minute. Its int8
-variant is made with export's own recipe (``export.variants.to_int8``), calibrated on
-``CALIBRATION_IMAGES`` generated images, and cached beside it; random weights make its
-accuracy meaningless, so it is labelled latency-only like the rest.
+The exported graph is traced by :func:`export.onnx_export.trace_to_onnx` (so
+:mod:`export.graph_fixes` applies) with :func:`export.onnx_export.build_metadata`'s metadata
+(the family's ``model_type`` included), at the size's native input size, and cached under
+``~/.cache/rtdetr-deploy/bench/`` (``$RTDETR_DEPLOY_CACHE``), keyed by the config, the input
+size and the torch and toolkit versions: tracing R50 takes a minute. Its int8 variant is
+export's recipe (:func:`export.variants.to_int8`, the family's float islands), calibrated on
+``CALIBRATION_IMAGES`` generated images and cached beside it, keyed by the recipe.
 
 Timing: every runtime and precision of one size is timed in interleaved rounds (A B C A B
 C ..., the order rotated each round), ``WARMUP`` + ``ROUNDS`` calls each, so that a slow spell
@@ -24,72 +29,99 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from transformers import RTDetrConfig, RTDetrForObjectDetection
 
+from bench.published_sizes import PublishedSize
 from bench.settings import cache_dir
-from finetune.model import basic_resnet
 
 __all__ = [
-    "IMAGE_SIZE",
+    "CALIBRATION_IMAGES",
+    "FAST_ROUNDS",
     "ROUNDS",
-    "SIZES",
     "WARMUP",
-    "RealSize",
     "build_model",
     "cached_int8",
     "cached_onnx",
+    "generated_images",
     "interleaved",
+    "processor_of",
     "random_feed",
+    "settle",
 ]
 
-IMAGE_SIZE = 640
 WARMUP, ROUNDS = 1, 10  # interleaved; R50 at 640 px is 1-3 s per call on 2 CPU cores
+FAST_ROUNDS = 3  # --fast: tiny models, the rows must exist, their numbers are not the point
 CALIBRATION_IMAGES = 8
+SETTLE_IMAGES = 2
 OPSET = 17
-COCO_CLASSES = 80
 
 
-def _r18() -> RTDetrConfig:
-    return RTDetrConfig(
-        backbone_config=basic_resnet(64, 2),
-        encoder_in_channels=[128, 256, 512],
-        hidden_expansion=0.5,
-        decoder_layers=3,
-        num_labels=COCO_CLASSES,
-    )
+def processor_of(size: PublishedSize) -> Any:
+    """The family's image processor at the size's input size (its preprocessing metadata)."""
+    from finetune.families import family_of
+
+    return family_of(size.model_type).scratch_processor(size.image_size)
 
 
-def _r50() -> RTDetrConfig:
-    return RTDetrConfig(num_labels=COCO_CLASSES)
+def generated_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Generated photo-like RGB images (smooth colour fields, grain, a few boxes), square."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        small = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+        image = image.astype(np.int16) + rng.integers(-10, 11, image.shape, dtype=np.int16)
+        for _ in range(4):
+            y, x = rng.integers(0, size - size // 4, 2)
+            h, w = rng.integers(size // 16, size // 4, 2)
+            image[y : y + h, x : x + w] = rng.integers(0, 256, 3)
+        images.append(image.clip(0, 255).astype(np.uint8))
+    return images
 
 
-@dataclass(frozen=True)
-class RealSize:
-    """A published RT-DETR size, rebuilt with random weights."""
+def settle(model: Any, pixel_values: torch.Tensor) -> None:
+    """PyTorch's default init for every Conv2d/Linear, then batch norms set to the batch
+    statistics of ``pixel_values`` (one train-mode forward, cumulative average), then eval.
 
-    key: str
-    label: str
-    config: Callable[[], RTDetrConfig]
+    Why: with transformers' std-0.01 init the activations shrink layer after layer and the
+    encoder's query-selection scores tie (measured: 2 distinct values of 8400 in D-FINE at
+    640 px), so detections depend on how each runtime breaks ties. Settled, they do not, and
+    export's parity check means something. Latency is unchanged: batch norms fold into the
+    convolutions in every runtime whatever their statistics.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.reset_parameters()
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        model.train()
+        model(pixel_values=pixel_values)
+    model.eval()
 
 
-SIZES = {
-    "r18": RealSize("r18", "RT-DETR-R18 (rtdetr_r18vd config, random weights)", _r18),
-    "r50": RealSize("r50", "RT-DETR-R50 (rtdetr_r50vd config, random weights)", _r50),
-}
+def build_model(size: PublishedSize, seed: int = 0) -> Any:
+    """The model with seeded random weights, settled on generated images, in eval mode."""
+    from finetune.families import family_of
+    from finetune.pixels import pixel_values
 
-
-def build_model(size: RealSize, seed: int = 0) -> RTDetrForObjectDetection:
-    """The model with seeded random weights, in eval mode."""
+    config = size.config()
     torch.manual_seed(seed)
-    return RTDetrForObjectDetection(size.config()).eval()
+    model = family_of(config).model(config)
+    images = generated_images(SETTLE_IMAGES, size.image_size, seed=100 + seed)
+    settle(model, pixel_values(processor_of(size), images))
+    return model
 
 
-def _cache_key(size: RealSize) -> str:
+def _cache_key(size: PublishedSize) -> str:
     from export.onnx_export import toolkit_version
 
     text = json.dumps(
@@ -97,8 +129,9 @@ def _cache_key(size: RealSize) -> str:
             "config": size.config().to_dict(),
             "torch": torch.__version__,
             "toolkit": toolkit_version(),
-            "image_size": IMAGE_SIZE,
+            "image_size": size.image_size,
             "opset": OPSET,
+            "settled": 1,  # bump when build_model's weights change
         },
         sort_keys=True,
         default=str,
@@ -106,71 +139,35 @@ def _cache_key(size: RealSize) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def cached_onnx(
-    size: RealSize, model: RTDetrForObjectDetection, folder: Path | None = None
-) -> Path:
-    """The exported graph of ``model`` (``export``'s tracer and metadata), built once."""
+def cached_onnx(size: PublishedSize, model: Any, folder: Path | None = None) -> Path:
+    """The exported graph of ``model`` (export's tracer, patches and metadata), built once."""
+    from export.checkpoint import LoadedCheckpoint
     from export.files import staging_path
-    from export.onnx_export import toolkit_version, trace_to_onnx, write_metadata
-    from runtime.metadata import ModelMetadata, Preprocessing
+    from export.onnx_export import build_metadata, trace_to_onnx, write_metadata
 
     folder = folder or cache_dir()
-    path = folder / f"rtdetr_{size.key}-{IMAGE_SIZE}px-{_cache_key(size)}.onnx"
+    path = folder / f"{size.key}-{size.image_size}px-{_cache_key(size)}.onnx"
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(path)
     try:
-        trace_to_onnx(model, tmp, opset=OPSET, input_size=(IMAGE_SIZE, IMAGE_SIZE))
-        metadata = ModelMetadata(
-            id2label={i: f"class_{i}" for i in range(COCO_CLASSES)},
-            preprocessing=Preprocessing(height=IMAGE_SIZE, width=IMAGE_SIZE),
-            source_checkpoint=f"{size.label}: built in code by bench/real_sizes.py",
-            opset=OPSET,
-            toolkit_version=toolkit_version(),
-            num_top_queries=int(model.config.num_queries),
-        )
-        write_metadata(tmp, metadata)
+        trace_to_onnx(model, tmp, opset=OPSET, input_size=(size.image_size, size.image_size))
+        loaded = LoadedCheckpoint(folder, model, processor_of(size), model.config.id2label)
+        metadata = build_metadata(loaded, opset=OPSET)
+        source = f"{size.label}: built in code by bench/published_sizes.py, random weights"
+        write_metadata(tmp, replace(metadata, source_checkpoint=source))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def random_feed(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """A preprocessed-looking input (values in [0, 1]) at 640x640, the same for every backend."""
-    rng = np.random.default_rng(seed)
-    images = rng.random((batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    sizes = np.full((batch, 2), IMAGE_SIZE, dtype=np.int64)
-    return {"images": images, "orig_target_sizes": sizes}
-
-
-def _calibration_images(count: int, seed: int = 0) -> list[np.ndarray]:
-    """Generated photo-like RGB images (smooth colour fields, grain, a few boxes), 640 px."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        small = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
-        image = np.asarray(Image.fromarray(small).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
-        image = image.astype(np.int16) + rng.integers(-10, 11, image.shape, dtype=np.int16)
-        for _ in range(4):
-            y, x = rng.integers(0, IMAGE_SIZE - 160, 2)
-            h, w = rng.integers(40, 160, 2)
-            image[y : y + h, x : x + w] = rng.integers(0, 256, 3)
-        images.append(image.clip(0, 255).astype(np.uint8))
-    return images
-
-
-def cached_int8(size: RealSize, fp32: Path) -> Path:
+def cached_int8(size: PublishedSize, fp32: Path) -> Path:
     """``fp32``'s int8 variant, export's recipe, calibrated on generated images; built once."""
-    from dataclasses import replace
-
     from export.files import staging_path
     from export.onnx_export import read_metadata, write_metadata
     from export.variants import RECIPE, to_int8
-    from finetune.model import small_processor
 
     path = fp32.with_name(f"{fp32.stem}.{RECIPE.replace(' ', '-')}.onnx")  # per recipe
     if path.is_file():
@@ -180,8 +177,8 @@ def cached_int8(size: RealSize, fp32: Path) -> Path:
         extra = to_int8(
             fp32,
             tmp,
-            small_processor(IMAGE_SIZE),
-            _calibration_images(CALIBRATION_IMAGES),
+            processor_of(size),
+            generated_images(CALIBRATION_IMAGES, size.image_size),
             num_decoder_layers=size.config().decoder_layers,
         )
         metadata = read_metadata(fp32)
@@ -190,6 +187,14 @@ def cached_int8(size: RealSize, fp32: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def random_feed(size: int, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """A preprocessed-looking input (values in [0, 1]), the same for every backend."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, 3, size, size), dtype=np.float32)
+    sizes = np.full((batch, 2), size, dtype=np.int64)
+    return {"images": images, "orig_target_sizes": sizes}
 
 
 def interleaved(

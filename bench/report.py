@@ -24,7 +24,6 @@ __all__ = [
     "Latency",
     "Results",
     "describe_environment",
-    "impossible_rows",
     "render_markdown",
     "write_report",
 ]
@@ -293,85 +292,6 @@ def render_table(results: Results) -> list[str]:
     return lines
 
 
-def _percent(rate: float | None, peak: float | None) -> str:
-    """A rate as % of its precision's peak, or why it is not printed."""
-    from bench.flops import ImpossibleFigure, percent_of_peak
-
-    if not (rate and peak):
-        return "—"
-    try:
-        return f"{percent_of_peak(rate, peak):.0f}%"
-    except ImpossibleFigure:
-        return "refused: above peak"
-
-
-def impossible_rows(results: Results) -> list[str]:
-    """Real-size rows whose rate exceeds their precision's measured peak (wrong measurements)."""
-    from bench.flops import ImpossibleFigure, percent_of_peak
-
-    found = []
-    for (size, backend), lat in results.real_sizes.items():
-        gflops, peak = lat.info.get("gflops"), lat.info.get("peak_gflops")
-        if gflops and peak and lat.p50_ms:
-            try:
-                percent_of_peak(gflops / lat.p50_ms * 1000, peak)
-            except ImpossibleFigure as exc:
-                found.append(f"{size.upper()} {backend}: {exc}")
-    return found
-
-
-def render_real_sizes(results: Results) -> list[str]:
-    if not results.real_sizes:
-        return []
-    peaks = {}  # precision -> (peak, kernel, how) of the first row that has one
-    for lat in results.real_sizes.values():
-        info = lat.info
-        if info.get("peak_gflops") and info.get("precision") not in peaks:
-            peaks[info["precision"]] = (info["peak_gflops"], info.get("peak_kernel"),
-                                        info.get("peak_how"))  # fmt: skip
-    described = "; ".join(
-        f"{precision} {peak:.0f} {'GOP/s' if precision == 'int8' else 'GFLOP/s'} ({kernel}, {how})"
-        for precision, (peak, kernel, how) in peaks.items()
-    )
-    lines = [
-        "Real sizes (random weights, latency only; model-only, batch 1, 640x640; interleaved "
-        "rounds). GFLOP/s = the graph's Conv/MatMul/Gemm FLOPs / p50; % peak = of this "
-        "machine's measured peak of the row's precision, the peak GEMMs timed in the same "
-        f"interleaved rounds (bench/flops.py): {described or 'not measured'}:",
-        "",
-        "| model | runtime | precision | ms p50 (p5-p95) | FPS | vs eager | GFLOP/s | % peak "
-        "| rounds | accuracy gates (benchmarked model) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (size, backend), lat in results.real_sizes.items():
-        eager = results.real_sizes.get((size, "pytorch"))
-        gflops, peak = lat.info.get("gflops"), lat.info.get("peak_gflops")
-        rate = gflops / lat.p50_ms * 1000 if gflops and lat.p50_ms else None
-        spread = f"{_f(lat.percentile_ms(5), '.0f')}-{_f(lat.percentile_ms(95), '.0f')}"
-        lines.append(
-            f"| {size.upper()} | {lat.info.get('runtime', backend)} | "
-            f"{lat.info.get('precision', '')} | {_f(lat.p50_ms, '.0f')} ({spread}) | "
-            f"{_f(lat.images_per_s, '.2f')} | {_f(_ratio(eager, lat), '.2f', 'x')} | "
-            f"{_f(rate, '.0f')} | {_percent(rate, peak)}"
-            f" | {len(lat.times_s or [])} | {results.gate(backend)} |"
-        )
-    sizes = dict.fromkeys(size for size, _ in results.real_sizes)
-    fp32 = {s: results.real_sizes.get((s, "onnx-fp32")) for s in sizes}
-    counted = [f"{s.upper()} {lat.info['gflops']:.1f}" for s, lat in fp32.items()
-               if lat and lat.info.get("gflops")]  # fmt: skip
-    if counted:
-        lines += [
-            "",
-            f"GFLOPs per image counted from the graph: {', '.join(counted)} (int8 rows: the "
-            "same arithmetic, partly in int8; their % peak is of the int8 peak, and their "
-            "float parts run below it).",
-        ]
-    if wrong := impossible_rows(results):
-        lines += ["", "Refused (a rate above its measured peak is a wrong measurement):"]
-        lines += [f"- {line}" for line in wrong]
-    return lines
-
-
 def render_markdown(results: Results) -> str:
     """The whole report: environment, table, how to read it, real sizes, claims, notes."""
     env = results.environment
@@ -393,6 +313,8 @@ def render_markdown(results: Results) -> str:
             "cache across runs: measured here 70 s cold, 7 s warm).",
             "",
         ]
+    from bench.family_report import render_real_sizes
+
     if real := render_real_sizes(results):
         lines += [*real, ""]
     if results.claims:
@@ -437,9 +359,18 @@ def plot(results: Results, path: Path) -> Path:
 
 
 def write_report(results: Results, folder: Path) -> list[Path]:
-    """``bench_report.md``, ``bench_report.json`` and ``bench_report.png`` in ``folder``."""
+    """``bench_report.md`` and ``.json`` in ``folder``, with ``bench_report.png`` (the main
+    table's chart) and ``bench_real_sizes.png`` (latency per family and runtime) where those
+    were measured."""
+    from bench.family_report import plot_real_sizes
+
     folder.mkdir(parents=True, exist_ok=True)
     md, js, png = (folder / f"bench_report.{ext}" for ext in ("md", "json", "png"))
     md.write_text(render_markdown(results))
     atomic_write_json(js, json.loads(json.dumps(results.to_json(), default=str)))
-    return [md, js, plot(results, png)]
+    written = [md, js]
+    if results.rows():
+        written.append(plot(results, png))
+    if results.real_sizes:
+        written.append(plot_real_sizes(results, folder / "bench_real_sizes.png"))
+    return written

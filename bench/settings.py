@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bench.published_sizes import DEFAULT_SELECTION, SelectionError, resolve_sizes
 from export.verify import TOLERANCES
 
 __all__ = [
@@ -132,6 +133,7 @@ class BenchOptions:
     batch: int = 8
     fast: bool = False
     real_sizes: bool = True
+    families: tuple[str, ...] = ()  # size keys to time (bench.published_sizes), resolved
     compile: bool = True
     target_fps: float = 30.0
     rounds: int = 30
@@ -165,9 +167,13 @@ OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--batch", {"type": int, "default": 8, "metavar": "N", "help": "throughput batch (8)"}),
     ("--fast", {"action": "store_true", "help": "short fine-tune + small dataset, tmp dir (CI)"}),
     ("--real-sizes", {"dest": "real_sizes", "action": "store_true", "default": True,
-                      "help": "also time R18/R50-sized models at 640 px (default)"}),
+                      "help": "also time the published sizes of --families (default)"}),
     ("--no-real-sizes", {"dest": "real_sizes", "action": "store_false",
-                         "help": "skip the R18/R50 latency"}),
+                         "help": "skip the published sizes (same as --families none)"}),
+    ("--families", {"metavar": "LIST",
+                    "help": "published sizes to time: families (d_fine), sizes (d_fine-n), "
+                    f"'all' or 'none', comma-separated (default: {DEFAULT_SELECTION}; "
+                    "--fast: each family's tiny scratch size, default all)"}),
     ("--no-compile", {"dest": "compile", "action": "store_false", "default": True,
                       "help": "skip the torch.compile row (its first call takes minutes)"}),
     ("--target-fps", {"type": float, "default": 30.0, "metavar": "FPS",
@@ -184,6 +190,15 @@ def add_options(parser: pytest.Parser) -> None:
         group.addoption(flag, **kwargs)
 
 
+def _families(value: str | None, fast: bool, real_sizes: bool) -> tuple[str, ...]:
+    if not real_sizes:
+        return ()
+    try:
+        return resolve_sizes(value, fast=fast)
+    except SelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def options_from(config: pytest.Config) -> BenchOptions:
     """Resolve the defaults that depend on other options; ``UsageError`` for bad values."""
     get = config.getoption
@@ -197,7 +212,8 @@ def options_from(config: pytest.Config) -> BenchOptions:
         threads=get("threads") or default_threads(),
         batch=get("batch"),
         fast=fast,
-        real_sizes=bool(get("real_sizes")) and not fast,
+        real_sizes=bool(get("real_sizes")),
+        families=_families(get("families"), fast, bool(get("real_sizes"))),
         compile=bool(get("compile")) and not fast,
         target_fps=get("target_fps"),
         rounds=get("rounds") or (5 if fast else 30),

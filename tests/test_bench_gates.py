@@ -95,3 +95,39 @@ def test_int8_consistency_gate_is_active_on_a_trained_reference(shift: float, fa
     assert diff == 0.0  # the mAP gate alone would pass both
     assert (consistency < CONSISTENCY_MIN["int8"]) is fails
     assert any("consistency" in f for f in failures) is fails
+
+
+@pytest.fixture(scope="module")
+def family_graph(tmp_path_factory: pytest.TempPathFactory):
+    """A settled random-init tiny RT-DETR at 96 px, exported as the real-size rows are."""
+    from dataclasses import replace
+
+    from bench.family_gates import reference_for
+    from bench.published_sizes import tiny
+    from bench.real_sizes import build_model, cached_onnx, generated_images, processor_of
+
+    size = replace(tiny("rt_detr"), image_size=96)
+    model = build_model(size)
+    folder = tmp_path_factory.mktemp("family-gate")
+    intact = cached_onnx(size, model, folder)
+    images = generated_images(2, size.image_size, seed=7)
+    return intact, reference_for(model, processor_of(size), images), images
+
+
+@pytest.mark.model
+def test_family_gate_passes_an_intact_graph_and_fails_a_negated_class(family_graph, tmp_path):
+    """bench.family_gates: the real-size rows' gate (export's verification) passes the
+    untrained but settled model's graph, fails the same graph with one class logit negated,
+    and returns a cached verdict the second time."""
+    from bench.family_gates import gate_row
+
+    intact, reference, images = family_graph
+    assert reference.selection_ties == 0.0  # settled: the query selection does not tie
+    kwargs = {"runtime": "onnxruntime", "precision": "fp32", "threads": 1}
+    first = gate_row(intact, reference, images, **kwargs)
+    assert first.passed and not first.cached, first.describe()
+    again = gate_row(intact, reference, images, **kwargs)
+    assert again.passed and again.cached
+    broken = _negate_class(intact, tmp_path / "broken.onnx", class_id=0)
+    verdict = gate_row(broken, reference, images, **kwargs)
+    assert verdict.status == "FAILED" and "agreement" in verdict.reason, verdict.describe()

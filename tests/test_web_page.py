@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_fixtures import box_outline, gap_threshold, match_detections, photo
+from runtime_fixtures import TORCH_FREE, box_outline, gap_threshold, match_detections, photo
 
 from runtime import Detector
 from runtime.web import serve
@@ -370,3 +370,29 @@ def test_browser_check_fails_on_a_score_a_box_or_a_label_off():
     moved[3, 1] += 0.1
     assert problems(boxes=moved.tolist())[0].startswith("t: box differs by 0.1 px")
     assert problems(class_ids=[0, 1, 2, 0, 1, 1])[0] == "t: 1 detections without a same-label match"
+
+
+@pytest.mark.unit
+def test_runtime_web_is_torch_free_and_refuses_bad_input_in_one_line(tmp_path):
+    """``python -m runtime.web`` from the runtime alone (torch and transformers blocked):
+    a missing model or a page folder without its npm install is one ``error:`` line, exit 2."""
+    blocker = TORCH_FREE.split("import numpy as np")[0]
+    script = blocker + "import runtime.web, runtime.web_verify\n"
+    script += "raise SystemExit(runtime.web.main(sys.argv[1:]))\n"
+    (tmp_path / "page").mkdir()
+    (tmp_path / "page" / "index.html").write_text("<!doctype html>")
+    (tmp_path / "model.onnx").write_bytes(b"not onnx")
+    for args, expected in [
+        ([str(tmp_path / "nope.onnx")], "nope.onnx: no such model file"),
+        (
+            [str(tmp_path / "model.onnx"), "--page", str(tmp_path / "page")],
+            "onnxruntime-web is not installed",
+        ),
+        ([str(tmp_path / "model.onnx"), "--page", str(tmp_path)], "no index.html"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines

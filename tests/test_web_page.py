@@ -177,7 +177,7 @@ def page_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
                 "slider": 0,
             },
             {"url": f"{url}&threads=1", "evaluate": main[:1]},
-            {"url": url, "upload": {"file": str(files["not-a-jpeg.png"])}},
+            {"url": url, "upload": {"file": str(files["not-a-jpeg.png"])}, "webcam": True},
         ]
         for case in ("missing", "stale", "unverified", "failed"):
             pages.append({"url": f"{base}?model=/models/{case}/model.onnx"})
@@ -322,6 +322,14 @@ def test_picked_image_is_drawn_with_boxes_timings_and_slider(page_run):
     assert page_run["screenshot"].stat().st_size > 10_000
 
 
+def test_webcam_frames_are_detected(page_run):
+    """The webcam button (Chromium's fake camera): frames go through the browser's decoder."""
+    timings = page_run["pages"]["png"]["webcamTimings"]
+    assert re.search(
+        r"\(browser\), preprocessing [\d.]+ ms, model [\d.]+ ms; \d+ detections", timings
+    )
+
+
 # --- 4. errors ---------------------------------------------------------------------------------
 
 
@@ -339,7 +347,8 @@ def test_errors_are_one_line(page_run, page, expected):
     run = page_run["pages"][page]
     assert run["ready"] == ("1" if page == "png" else "error"), run
     prefix = "^error: " if page == "png" else f"^error: /models/{page}/"
-    assert "\n" not in run["status"] and re.search(prefix + expected, run["status"]), run["status"]
+    status = run["uploadStatus"] if page == "png" else run["status"]
+    assert "\n" not in status and re.search(prefix + expected, status), status
 
 
 # --- the comparison the gate uses (no browser) -------------------------------------------------

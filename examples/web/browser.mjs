@@ -134,7 +134,10 @@ export class WebDetector extends ModelRunner {
     }
     if (blob instanceof Blob || blob instanceof ArrayBuffer || ArrayBuffer.isView(blob)) {
       if (blob instanceof File) source = blob.name;
-      const bytes = blob instanceof Blob ? new Uint8Array(await blob.arrayBuffer()) : new Uint8Array(blob.buffer ?? blob);
+      let bytes;
+      if (blob instanceof Blob) bytes = new Uint8Array(await blob.arrayBuffer());
+      else if (ArrayBuffer.isView(blob)) bytes = new Uint8Array(blob.buffer, blob.byteOffset, blob.byteLength);
+      else bytes = new Uint8Array(blob);
       const image = decodeJpeg(bytes, source, globalThis["jpeg-js"].decode);
       const oriented = this.preprocessing.exifTranspose ? applyOrientation(image, exifOrientation(bytes)) : image;
       return { image: oriented, decoder: "jpeg-js", source };

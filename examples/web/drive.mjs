@@ -8,10 +8,11 @@
 //   "upload": {"file", "screenshot"}, "slider": 0.3}]}. Each page is opened in a fresh context
 // and waited for until `document.body.dataset.ready` is set ("1" loaded, "error"). `fn` is the
 // source of an async function of `arg`, run in the page (e.g. on window.detector); `helper`
-// names one of HELPERS below. `upload`
-// picks a file with the page's own file input, waits for the drawing, then screenshots it;
-// `slider` then moves the threshold slider. OUT.json gets, per page: ready, status, model,
-// timings (after upload and after the slider), results by name.
+// names one of HELPERS below. `upload` picks a file with the page's own file input, waits for
+// the drawing, then screenshots it;
+// `webcam` clicks the webcam button (a fake camera); `slider` then moves the threshold slider.
+// OUT.json gets, per page: ready, status, model, timings (after upload, webcam, slider) and
+// results by name.
 
 import { readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
@@ -91,6 +92,7 @@ try {
         () => document.getElementById("timings").textContent || document.getElementById("status").className,
       );
       result.uploadTimings = await text(page, "timings");
+      result.uploadStatus = await text(page, "status");
       if (job.upload.screenshot) await page.screenshot({ path: job.upload.screenshot, fullPage: true });
       result.canvas = await page.evaluate(() => {
         const canvas = document.getElementById("canvas");
@@ -100,6 +102,12 @@ try {
         for (let i = 0; i < data.length; i += 4) binary += String.fromCharCode(data[i], data[i + 1], data[i + 2]);
         return { width: canvas.width, height: canvas.height, rgb: btoa(binary) };
       });
+    }
+    if (job.webcam) {
+      // Chromium's fake camera (--use-fake-device-for-media-stream): frames through the browser's pixels.
+      await page.locator("#webcam").click();
+      await page.waitForFunction(() => document.getElementById("timings").textContent.includes("(browser)"));
+      result.webcamTimings = await text(page, "timings");
     }
     if (job.slider !== undefined) {
       const before = await text(page, "timings");

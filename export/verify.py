@@ -32,7 +32,7 @@ from export.reference import Reference, median_ms
 from export.report import Latency, MapComparison, VerificationReport
 from export.samples import VerificationImages
 from finetune.metrics import Boxes, mean_average_precision
-from runtime.errors import first_line
+from runtime.errors import ModelLoadError, first_line
 from runtime.metadata import MetadataError, ModelMetadata
 
 __all__ = [
@@ -274,7 +274,8 @@ def verify_onnx(
             np.concatenate([reference.pixel_values[i] for i in pick]),
             np.concatenate([reference.sizes[i] for i in pick]),
         )
-    except (*_ort_errors(), RuntimeError) as exc:  # OpenVINO raises RuntimeError
+    # OpenVINO raises RuntimeError running a graph, ModelLoadError (runtime.engines) loading it
+    except (*_ort_errors(), RuntimeError, ModelLoadError) as exc:
         report.fail(f"{runtime}: {first_line(exc, with_type=True)}")
         return report
     report.provider = session.get_providers()[0]

@@ -145,6 +145,38 @@ def test_shifted_class_logit_fails(untrained_export, tmp_path: Path) -> None:
     assert report.detections_top_n.agreement < FP32.min_agreement, report.failures
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("untrained_export", ["rt_detr"], indirect=True)
+def test_a_graph_openvino_cannot_load_is_a_failed_check(
+    untrained_export, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenVINO refusing a graph (``ModelLoadError`` from runtime.engines, as for DEIMv2 with
+    DINOv3) is a failed check in the report, not a crash of the export."""
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    import export.openvino_session
+    from export.onnx_export import read_metadata
+    from export.reference import torch_reference
+    from export.samples import caller_images
+    from export.verify import verify_onnx
+    from runtime.errors import ModelLoadError
+
+    def refuse(path: Path, threads: int) -> None:
+        raise ModelLoadError(f"{path}: OpenVINO cannot load it (Conversion is failed)")
+
+    monkeypatch.setattr(export.openvino_session, "OpenVinoSession", refuse)
+    _, folder, result = untrained_export
+    model = AutoModelForObjectDetection.from_pretrained(folder).eval()
+    images = caller_images(_images(1))
+    reference = torch_reference(model, AutoImageProcessor.from_pretrained(folder), images.images)
+    report = verify_onnx(result.path, reference, images, expected=read_metadata(result.path),
+                         tolerance=FP32, name="m", runtime="openvino")  # fmt: skip
+    assert not report.passed and report.provider is None
+    assert report.failures == [
+        f"openvino: ModelLoadError: {result.path}: OpenVINO cannot load it (Conversion is failed)"
+    ]
+
+
 # --- the matching's tie group at the top-K boundary (hand-made detections) ---------------
 
 

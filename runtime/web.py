@@ -165,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=None, help="WASM threads for --verify")
     parser.add_argument("--chromium", default=None, help="Chromium executable for --verify")
+    parser.add_argument("--provider", default="wasm", help="wasm (default) or webgpu, for --verify")
     return parser
 
 
@@ -176,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from runtime.web_verify import verify_in_browser
 
             outcome = verify_in_browser(
-                args.model, page=args.page, threads=args.threads, chromium=args.chromium
+                args.model,
+                page=args.page,
+                threads=args.threads,
+                chromium=args.chromium,
+                provider=args.provider,
             )
             verdict = "PASSED" if outcome["passed"] else "FAILED: " + "; ".join(outcome["failures"])
             print(f"{args.model}: {outcome['runtime']} ({outcome['provider']}) {verdict}")

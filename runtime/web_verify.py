@@ -112,10 +112,13 @@ def _check(
     return problems
 
 
-def _run_page(url: str, chromium: str, results: queue.Queue[dict[str, Any]]) -> dict[str, Any]:
+def _run_page(
+    url: str, chromium: str, results: queue.Queue[dict[str, Any]], provider: str
+) -> dict[str, Any]:
     """Open ``url`` in headless Chromium until the page posts its result."""
     with tempfile.TemporaryDirectory(prefix="rtdetr-web-") as profile:
-        command = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+        gpu = ["--enable-unsafe-webgpu"] if provider == "webgpu" else ["--disable-gpu"]
+        command = [chromium, "--headless=new", "--no-sandbox", *gpu, "--no-first-run"]
         command += ["--no-default-browser-check", f"--user-data-dir={profile}", url]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -139,8 +142,15 @@ def verify_in_browser(
     page: Path | None = None,
     threads: int | None = None,
     chromium: str | None = None,
+    provider: str = "wasm",
 ) -> dict[str, Any]:
-    """Run the browser check on ``model`` and record it in its sidecar; returns the entry."""
+    """Run the browser check on ``model`` and record it in its sidecar; returns the entry.
+
+    ``provider``: ``wasm`` or ``webgpu`` (needs a GPU Chromium can use; not run on the
+    development machines, which have none).
+    """
+    if provider not in ("wasm", "webgpu"):
+        raise ValueError(f"--provider: expected wasm or webgpu, got {provider}")
     from runtime.web import serve  # runtime.web imports this module lazily, for --verify
 
     model = Path(model)
@@ -170,8 +180,8 @@ def verify_in_browser(
             "/__verify__/result": lambda body: results.put(json.loads(body or b"{}")) or b"{}",
         }
         with serve(model, page=page, routes=routes, extra_files=files) as url:
-            url += "&verify=1" + (f"&threads={threads}" if threads else "")
-            posted = _run_page(url, executable, results)
+            url += f"&verify=1&provider={provider}" + (f"&threads={threads}" if threads else "")
+            posted = _run_page(url, executable, results, provider)
     if "error" in posted:
         raise RuntimeError(f"the page could not run {model}: {posted['error']}")
     info = posted["info"]

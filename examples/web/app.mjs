@@ -5,7 +5,7 @@
 //
 // ?verify=1 (used by `python -m runtime.web MODEL --verify`): run the server's cases (same
 // tensors, same files) and post the detections back; the sidecar's gate is what it computes.
-// ?threads=N, ?provider=wasm|webgpu and ?threshold=T (the slider's start) override the defaults.
+// ?threads=N, ?provider=wasm|webgpu (default: WebGPU only for a file that passed there) and ?threshold=T (the slider's start) override the defaults.
 
 import { UserError } from "./core/index.mjs";
 import { loadDetector } from "./browser.mjs";
@@ -61,7 +61,7 @@ async function verify(detector) {
 async function main() {
   const modelUrl = params.get("model") ?? "model.onnx";
   const threads = params.has("threads") ? Number(params.get("threads")) : undefined;
-  const provider = params.get("provider") ?? "wasm";
+  const provider = params.get("provider") ?? "auto"; // auto: WebGPU only where it passed the check
   const verifying = params.get("verify") === "1";
   $("status").textContent = `loading ${modelUrl} ...`;
   let detector;

@@ -65,7 +65,7 @@ export function defaultThreads() {
  * file the sidecar does not record as having passed the browser check in this
  * onnxruntime-web version and provider.
  */
-export async function loadDetector(modelUrl, { provider = "wasm", threads = defaultThreads(), verify = false } = {}) {
+export async function loadDetector(modelUrl, { provider = "auto", threads = defaultThreads(), verify = false } = {}) {
   const started = now();
   const model = new Uint8Array(await (await fetchChecked(modelUrl, "model")).arrayBuffer());
   const file = sidecarPath(modelUrl);
@@ -77,6 +77,7 @@ export async function loadDetector(modelUrl, { provider = "wasm", threads = defa
     throw err;
   }
   const sidecar = checkSidecar(await response.text(), { file, modelPath: modelUrl, sha256: await digest(model) });
+  if (provider === "auto") provider = await autoProvider(sidecar, modelUrl);
   const ort = await importOrt(provider);
   const version = ort.env.versions?.web ?? "unknown";
   if (!verify) {
@@ -96,6 +97,17 @@ export async function loadDetector(modelUrl, { provider = "wasm", threads = defa
   const detector = new WebDetector(modelUrl, sidecar, session, ort);
   detector.info = { provider, threads, version, loadMs: now() - started, isolated: !!globalThis.crossOriginIsolated };
   return detector;
+}
+
+/**
+ * WebGPU where the browser has it and the sidecar records that this file passed the browser
+ * check there (ONNX Runtime's WebGPU GridSample is wrong for this family, onnxruntime issue
+ * 32275: a file is trusted on WebGPU only after it passed), else WASM.
+ */
+async function autoProvider(sidecar, modelPath) {
+  if (!globalThis.navigator?.gpu) return "wasm";
+  const version = (await importOrt("wasm")).env.versions?.web ?? "unknown";
+  return browserVerdict(sidecar, { version, provider: "webgpu", modelPath }).usable ? "webgpu" : "wasm";
 }
 
 /** RGBA pixels -> RGB. */

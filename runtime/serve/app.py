@@ -120,6 +120,8 @@ def serve(model: str, options: ServeOptions) -> None:
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
     kserve_logging.configure_logging()
+    # kserve's trace logger writes a line per request (route timings): not by default
+    logging.getLogger(kserve_logging.KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
     detector_model = build_model(model, options)
     registry = ModelRepository()
     registry.update(detector_model)
@@ -135,7 +137,7 @@ def serve(model: str, options: ServeOptions) -> None:
         options.port,
         host=options.host,
         grace_period=options.grace_s,
-        event_loop="asyncio",
+        event_loop="auto",  # uvloop (a kserve dependency) where it is installed
     )
     detector = detector_model.detector
     logger.info(

@@ -6,7 +6,7 @@ Example:
 
     result = export_checkpoint("runs/exp", "runs/exp/model.onnx", opset=17)
     result.path  # runs/exp/model.onnx, published only after passing verification
-    result.report["detections_top_10"]["agreement"]  # 1.0
+    result.report.detections_top_n.agreement  # 1.0
     result.metadata.id2label  # {0: 'circle', 1: 'square', ...}
     ```
 

@@ -4,9 +4,12 @@ a full disk or missing permission while writing (exit code 3)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from runtime.files import cannot_write
+
+if TYPE_CHECKING:
+    from export.report import VerificationReport
 
 __all__ = ["CannotWriteError", "ExportError", "VerificationError", "write_failure"]
 
@@ -33,7 +36,7 @@ class VerificationError(RuntimeError):
         report_path: Where the report was written, if it could be.
     """
 
-    def __init__(self, message: str, report: dict[str, Any], report_path: Path | None) -> None:
+    def __init__(self, message: str, report: VerificationReport, report_path: Path | None) -> None:
         super().__init__(message)
         self.report = report
         self.report_path = report_path

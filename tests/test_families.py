@@ -124,6 +124,6 @@ def test_finetune_scratch_family(model_type, mini_dataset, tmp_path):
     from export import export_checkpoint
 
     result = export_checkpoint(out, out / "model.onnx", threads=1)
-    assert result.report["passed"] and result.metadata.extra["model_type"] == model_type
+    assert result.report.passed and result.metadata.extra["model_type"] == model_type
     sidecar = json.loads((out / "model.json").read_text())
     assert [r["passed"] for r in sidecar["verified"]["runtimes"]] == [True, True]

@@ -191,7 +191,7 @@ def test_fp32_export_verification_on_non_square_images(normalized_checkpoint, tm
     )
 
     report = result.report
-    assert report["passed"], report["failures"]
-    assert report["images"].startswith(f"{len(images)} image(s) given by the caller")
-    assert report["max_abs_diff"]["scores"] < 1e-4
-    assert report["detections_top_10"]["agreement"] == 1.0
+    assert report.passed, report.failures
+    assert report.images.startswith(f"{len(images)} image(s) given by the caller")
+    assert report.max_abs_diff.scores < 1e-4
+    assert report.detections_top_n.agreement == 1.0

@@ -121,3 +121,15 @@ def test_training_commands_name_the_extra(venv, command, extra):
     output = done.stdout + done.stderr
     assert f"needs the [{extra}] extra" in output and f"rtdetr-deploy[{extra}]" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_serve_is_installed_and_names_its_extra(venv, tmp_path):
+    """``runtime.serve`` ships in the wheel (run outside the checkout, so the installed copy is
+    the one imported) and, without kserve, answers with the [serve] extra to install."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = _run(venv["python"], "-m", "runtime.serve", "model.onnx", cwd=tmp_path, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "needs the [serve] extra" in output and "rtdetr-deploy[serve]" in output, output
+    assert "Traceback" not in output and len(output.strip().splitlines()) == 1, output

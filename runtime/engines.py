@@ -142,7 +142,7 @@ class OpenVinoSession:
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable graphs
             raise ModelLoadError(f"{path}: OpenVINO cannot load it ({first_line(exc)})") from None
         info = model.get_rt_info()
-        framework = info["framework"] if "framework" in info else {}
+        framework = info["framework"] if "framework" in info else {}  # noqa: SIM401 (RTMap: no .get)
         self.metadata_props = {key: value.astype(str) for key, value in framework.items()}
         self.threads = threads
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()

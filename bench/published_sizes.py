@@ -52,31 +52,26 @@ def _labels() -> dict[str, Any]:
     return config_labels({i: f"class_{i}" for i in range(COCO_CLASSES)})
 
 
-def _resnet_vd(basic: bool) -> Any:
-    """The ResNet-vd backbones of RT-DETR(v2): basic blocks [2, 2, 2, 2] (R18) or the
-    default bottleneck R50 [3, 4, 6, 3]."""
-    from transformers import RTDetrResNetConfig
-
+def _r18_layout() -> dict[str, Any]:
+    """RT-DETR-R18's and RT-DETRv2-S's shared layout: basic-block ResNet-18-vd (blocks
+    [2, 2, 2, 2]), encoder inputs [128, 256, 512], expansion 0.5, 3 decoder layers."""
     from finetune.model import basic_resnet
 
-    if basic:
-        return basic_resnet(64, 2)
-    return RTDetrResNetConfig(out_features=["stage2", "stage3", "stage4"])
+    return {
+        "backbone_config": basic_resnet(64, 2),
+        "encoder_in_channels": [128, 256, 512],
+        "hidden_expansion": 0.5,
+        "decoder_layers": 3,
+        **_labels(),
+    }
 
 
 def _rt_detr_r18() -> Any:
-    """``PekingU/rtdetr_r18vd``: basic-block ResNet-18-vd, encoder inputs [128, 256, 512],
-    expansion 0.5, 3 decoder layers (transformers' ``convert_rt_detr_original_pytorch_
-    checkpoint_to_hf.py``; lyuwenyu/RT-DETR ``rtdetr_r18vd_6x_coco.yml``)."""
+    """``PekingU/rtdetr_r18vd`` (:func:`_r18_layout`; transformers' ``convert_rt_detr_
+    original_pytorch_checkpoint_to_hf.py``; lyuwenyu/RT-DETR ``rtdetr_r18vd_6x_coco.yml``)."""
     from transformers import RTDetrConfig
 
-    return RTDetrConfig(
-        backbone_config=_resnet_vd(basic=True),
-        encoder_in_channels=[128, 256, 512],
-        hidden_expansion=0.5,
-        decoder_layers=3,
-        **_labels(),
-    )
+    return RTDetrConfig(**_r18_layout())
 
 
 def _rt_detr_r50() -> Any:
@@ -88,17 +83,11 @@ def _rt_detr_r50() -> Any:
 
 
 def _rt_detr_v2_s() -> Any:
-    """RT-DETRv2-S (``PekingU/rtdetr_v2_r18vd``): as RT-DETR-R18 (transformers'
+    """RT-DETRv2-S (``PekingU/rtdetr_v2_r18vd``): RT-DETR-R18's layout (transformers'
     ``convert_rt_detr_v2_weights_to_hf.py``, ``rtdetr_v2_r18vd``)."""
     from transformers import RTDetrV2Config
 
-    return RTDetrV2Config(
-        backbone_config=_resnet_vd(basic=True),
-        encoder_in_channels=[128, 256, 512],
-        hidden_expansion=0.5,
-        decoder_layers=3,
-        **_labels(),
-    )
+    return RTDetrV2Config(**_r18_layout())
 
 
 def _rt_detr_v2_m() -> Any:

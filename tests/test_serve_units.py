@@ -101,6 +101,31 @@ def test_an_engine_error_reaches_every_caller_of_the_batch_and_the_batcher_goes_
 
 
 @pytest.mark.unit
+def test_a_feed_that_fails_to_build_fails_its_request_only():
+    """Lazy feeds (decoded on the engine's thread): one bad image, the batch still runs."""
+    engine = SlowEngine(0.2)
+    batcher = Batcher(engine, max_batch=8, max_wait_s=0.0, workers=1)
+
+    def broken():
+        raise ValueError("input 'image'[0]: not an image")
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(_feed(0)))  # the engine is busy with it
+        await asyncio.sleep(0.05)
+        rest = await asyncio.gather(
+            batcher.submit_lazy(1, lambda: _feed(1)), batcher.submit_lazy(1, broken),
+            batcher.submit_lazy(2, lambda: _feed(2, 3)), return_exceptions=True,
+        )  # fmt: skip
+        return await first, rest
+
+    first, (one, bad, two) = asyncio.run(main())
+    assert engine.calls == [1, 3]
+    assert first[0].ravel().tolist() == [0.0] and one[0].ravel().tolist() == [2.0]
+    assert two[0].ravel().tolist() == [4.0, 6.0]
+    assert isinstance(bad, ValueError) and "not an image" in str(bad)
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("bad", [{"max_batch": 0}, {"workers": 0}, {"max_wait_s": -1}])
 def test_batcher_refuses_bad_settings(bad):
     settings = {"max_batch": 8, "max_wait_s": 0.0, "workers": 1, **bad}

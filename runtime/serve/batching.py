@@ -26,12 +26,9 @@ Outputs = tuple[np.ndarray, ...]
 
 @dataclass
 class _Item:
-    feed: Feed
+    count: int
+    make_feed: Callable[[], Feed]
     future: asyncio.Future[Outputs]
-
-    @property
-    def count(self) -> int:
-        return len(self.feed["images"])
 
 
 class Batcher:
@@ -63,11 +60,18 @@ class Batcher:
 
     async def submit(self, feed: Feed) -> Outputs:
         """Queue ``feed`` and wait for its slice of the batch's outputs."""
+        return await self.submit_lazy(len(feed["images"]), lambda: feed)
+
+    async def submit_lazy(self, count: int, make_feed: Callable[[], Feed]) -> Outputs:
+        """Queue ``count`` images whose feed ``make_feed()`` builds on the engine's thread,
+        just before the batch runs (decode and preprocess without another thread hop: on 2
+        busy cores each hop costs a scheduling delay). An exception from ``make_feed`` fails
+        that request only."""
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._loop())
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(feed, future))
+        await self._queue.put(_Item(count, make_feed, future))
         return await future
 
     async def _next(self, timeout: float | None) -> _Item | None:
@@ -105,24 +109,43 @@ class Batcher:
             task = asyncio.create_task(self._execute(batch))
             task.add_done_callback(lambda _: slots.release())
 
+    def _work(self, batch: list[_Item]) -> tuple[list[Exception | None], Outputs | None]:
+        """On the engine's thread: build each feed (errors per item), run the good ones."""
+        feeds: list[Feed | None] = []
+        errors: list[Exception | None] = []
+        for item in batch:
+            try:
+                feeds.append(item.make_feed())
+                errors.append(None)
+            except Exception as exc:  # the request's own mistake, reported to it alone
+                feeds.append(None)
+                errors.append(exc)
+        good = [feed for feed in feeds if feed is not None]
+        if not good:
+            return errors, None
+        feed = {name: np.concatenate([f[name] for f in good]) for name in good[0]}
+        self.batch_sizes.append(len(feed["images"]))
+        return errors, self._run(feed)
+
     async def _execute(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.done()]  # timed-out ones are cancelled
         if not live:
             return
-        feed = {name: np.concatenate([i.feed[name] for i in live]) for name in live[0].feed}
-        self.batch_sizes.append(len(feed["images"]))
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run, feed
+            errors, outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._work, live
             )
-        except Exception as exc:  # handed to each waiting request, which reports it
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
+        except Exception as exc:  # the engine failed: handed to each waiting request
+            errors, outputs = [exc] * len(live), None
         start = 0
-        for item in live:
+        for item, error in zip(live, errors, strict=True):
+            if item.future.done():
+                start += 0 if error else item.count
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+                continue
             end = start + item.count
-            if not item.future.done():
-                item.future.set_result(tuple(output[start:end] for output in outputs))
+            assert outputs is not None
+            item.future.set_result(tuple(output[start:end] for output in outputs))
             start = end

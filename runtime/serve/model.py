@@ -139,11 +139,14 @@ class DetectorModel(Model):
 
     async def _infer(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         if IMAGE_INPUT in arrays:
-            loop = asyncio.get_running_loop()
-            feed = await loop.run_in_executor(None, self._prepare, arrays[IMAGE_INPUT])
-        else:
-            feed = self._tensor_feed(arrays)
-        return await self.batcher.submit(feed)
+            encoded = arrays[IMAGE_INPUT]
+            if encoded.ndim != 1:
+                raise InvalidInput(f"input 'image': shape {list(encoded.shape)}, expected [N]")
+            if len(encoded) == 0:
+                raise InvalidInput("input 'image': empty batch (N = 0)")
+            # decoded on the engine's thread when its batch runs (Batcher.submit_lazy)
+            return await self.batcher.submit_lazy(len(encoded), lambda: self._prepare(encoded))
+        return await self.batcher.submit(self._tensor_feed(arrays))
 
     def _arrays(self, payload: InferRequest) -> dict[str, np.ndarray]:
         names = [tensor.name for tensor in payload.inputs]
@@ -198,10 +201,6 @@ class DetectorModel(Model):
         return {"images": images, "orig_target_sizes": sizes}
 
     def _prepare(self, encoded: np.ndarray) -> dict[str, np.ndarray]:
-        if encoded.ndim != 1:
-            raise InvalidInput(f"input 'image': shape {list(encoded.shape)}, expected [N]")
-        if len(encoded) == 0:
-            raise InvalidInput("input 'image': empty batch (N = 0)")
         images = [
             decode_image(bytes(data), index, self.limits.max_pixels)
             for index, data in enumerate(encoded)

@@ -108,6 +108,23 @@ def _import_openvino() -> Any:
     return openvino
 
 
+def _openvino_reason(exc: RuntimeError) -> str:
+    """The lines of an OpenVINO error that say what is wrong, in one line.
+
+    OpenVINO's messages start with source locations ("Exception from src/inference/...",
+    "Check 'false' failed at src/frontends/..."), so their first line names no reason; the
+    reason ("Conversion is failed for: Concat", "No conversion rule found for operations:
+    com.x.Op") comes after them.
+    """
+    lines = [line.strip(" -:") for line in str(exc).splitlines()]
+    useful = [
+        line
+        for line in lines
+        if line and not line.startswith(("Exception from src", "Check '")) and line != "Summary"
+    ]
+    return "; ".join(useful) or first_line(exc, with_type=True)
+
+
 class OpenVinoSession:
     """``compile_model`` on OpenVINO's CPU plugin, used like an ``onnxruntime.InferenceSession``.
 
@@ -140,7 +157,7 @@ class OpenVinoSession:
             model = core.read_model(str(path))
             self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable graphs
-            raise ModelLoadError(f"{path}: OpenVINO cannot load it ({first_line(exc)})") from None
+            raise ModelLoadError(f"{path}: OpenVINO cannot load it ({_openvino_reason(exc)})") from None
         info = model.get_rt_info()
         framework = info["framework"] if "framework" in info else {}  # noqa: SIM401 (RTMap: no .get)
         self.metadata_props = {key: value.astype(str) for key, value in framework.items()}

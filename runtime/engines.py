@@ -157,7 +157,8 @@ class OpenVinoSession:
             model = core.read_model(str(path))
             self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable graphs
-            raise ModelLoadError(f"{path}: OpenVINO cannot load it ({_openvino_reason(exc)})") from None
+            reason = _openvino_reason(exc)
+            raise ModelLoadError(f"{path}: OpenVINO cannot load it ({reason})") from None
         info = model.get_rt_info()
         framework = info["framework"] if "framework" in info else {}  # noqa: SIM401 (RTMap: no .get)
         self.metadata_props = {key: value.astype(str) for key, value in framework.items()}

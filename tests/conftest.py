@@ -37,6 +37,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint")
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_checkpoint`` exported without verification (its tests compare with transformers
+    or ``Detector`` themselves), once per test process. Read-only: copy it to change it."""
+    from export import export_checkpoint
+
+    output = tmp_path_factory.mktemp("tiny-onnx") / "model.onnx"
+    return Path(export_checkpoint(tiny_checkpoint, output, verify=False).path)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """The test machine is shared: one PyTorch thread for a module (ONNX Runtime sessions in

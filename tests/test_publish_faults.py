@@ -34,12 +34,9 @@ VIDEO_FRAMES = 40
 VIDEO_LIMITS_KIB = (16, 64, 4096)  # annotated mp4 ~200 KB, detections.json ~45 KB
 
 
-@pytest.fixture(scope="module")
-def onnx_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export import export_checkpoint
-
-    output = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    return Path(export_checkpoint(tiny_checkpoint, output, verify=False).path)
+@pytest.fixture(scope="session")
+def onnx_model(tiny_onnx: Path) -> Path:
+    return tiny_onnx
 
 
 def _detect(

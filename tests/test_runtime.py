@@ -70,12 +70,8 @@ def checkpoint(tiny_checkpoint: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export import export_checkpoint
-
-    # verify=False: these tests compare with transformers themselves, and faster.
-    output = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    return Path(export_checkpoint(checkpoint, output, verify=False).path)
+def onnx_model(tiny_onnx: Path) -> Path:
+    return tiny_onnx
 
 
 @pytest.fixture(scope="session")

@@ -108,11 +108,8 @@ def encode(image: np.ndarray | Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export import export_checkpoint
-
-    output = tmp_path_factory.mktemp("serve") / "model.onnx"
-    return Path(export_checkpoint(tiny_checkpoint, output, verify=False).path)
+def onnx_model(tiny_onnx: Path) -> Path:
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ grayscale, RGBA, palette and EXIF-rotated files are treated the same everywhere.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "ImageInput", "to_rgb_array"]
+__all__ = ["ImageError", "ImageInput", "open_image", "to_rgb_array"]
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -43,6 +44,50 @@ def _from_pil(image: Image.Image) -> np.ndarray:
     return np.array(image)  # a writable copy: torch warns on read-only arrays
 
 
+def open_image(
+    source: str | Path | bytes, *, name: str | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Decode an image file (a path, or its bytes) into an EXIF-upright, loaded ``PIL.Image``.
+
+    The one decoder of files, for ``to_rgb_array`` and the server's ``image`` input.
+
+    Args:
+        source: the file's path or its encoded bytes.
+        name: what the errors call it (default: the path, or "image bytes").
+        max_pixels: refuse larger images from their header, before decoding them.
+
+    Raises:
+        ImageError: it is not an image Pillow reads, does not decode, or is too large.
+    """
+    name = name or (str(source) if isinstance(source, (str, Path)) else "image bytes")
+    size = f"; {len(source)} bytes" if isinstance(source, bytes) else ""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as pil:
+            width, height = pil.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageError(
+                    f"{name}: {width}x{height} = {width * height} pixels, more than the "
+                    f"limit of {max_pixels}"
+                )
+            pil = ImageOps.exif_transpose(pil)
+            pil.load()
+            return pil
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{name}: image is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
+            "pixels (decompression-bomb protection); if the file is trusted, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name}: cannot decode image (not an image file Pillow can read{size})"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: cannot decode image ({exc}{size})") from None
+
+
 def to_rgb_array(image: ImageInput, *, bgr: bool = False) -> np.ndarray:
     """Return ``image`` as a contiguous RGB uint8 array of shape ``(H, W, 3)``.
 
@@ -59,19 +104,7 @@ def to_rgb_array(image: ImageInput, *, bgr: bool = False) -> np.ndarray:
         path = Path(image)
         if not path.is_file():
             raise ImageError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as pil:
-                pil = ImageOps.exif_transpose(pil)
-                pil.load()
-                return _from_pil(pil)
-        except Image.DecompressionBombError:
-            raise ImageError(
-                f"{path}: image is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
-                "pixels (decompression-bomb protection); if the file is trusted, raise "
-                "PIL.Image.MAX_IMAGE_PIXELS"
-            ) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{path}: cannot decode image ({exc})") from None
+        return _from_pil(open_image(path))
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, np.ndarray):

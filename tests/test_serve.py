@@ -244,13 +244,15 @@ def _bad_cases(feed: dict[str, np.ndarray], files: dict[str, bytes]) -> dict[str
     fp64 = http.InferInput("images", list(images.shape), "FP64")
     fp64.set_data_from_numpy(images.astype(np.float64))
     return {
-        "corrupt": (image_input([bytes(range(256)) * 4]), "400", r"'image'\[0\]: not an image"),
+        "corrupt": (image_input([bytes(range(256)) * 4]), "400",
+                    r"'image'\[0\]: cannot decode image \(not an image file"),
         "truncated": (image_input([files["jpeg"][: len(files["jpeg"]) // 2]]), "400",
                       r"'image'\[0\]: cannot decode image \(image file is truncated"),
         "not-an-image": (image_input([b"GET / HTTP/1.1, not a picture"]), "400",
-                         r"'image'\[0\]: not an image file"),
+                         r"'image'\[0\]: cannot decode image \(not an image file"),
         "too-many-pixels": (image_input([files["jpeg"], wide]), "400",
-                            r"'image'\[1\]: 600x500 = 300000 pixels, more than .* 250000"),
+                            r"'image'\[1\]: 600x500 = 300000 pixels, more than the limit of "
+                            r"250000 \(--max-pixels\)"),
         "fp64": ([fp64, tensor_inputs(feed)[1]], "400",
                  "input 'images': datatype FP64, expected FP32"),
         "rank": (tensor_inputs({"images": images[0], "orig_target_sizes": sizes}), "400",

@@ -17,7 +17,6 @@ keeps ``scores > threshold`` as ``Detector.predict`` does. Each mistake in a req
 from __future__ import annotations
 
 import asyncio
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +24,10 @@ import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from runtime.detector import Detector
-from runtime.errors import first_line
+from runtime.images import ImageError, open_image
 from runtime.serve.batching import Batcher
 from runtime.serve.protocol import input_array
 from runtime.sidecar import sidecar_document
@@ -55,28 +54,11 @@ class ServeLimits:
 def decode_image(data: bytes, index: int, max_pixels: int) -> Image.Image:
     """One encoded image file -> an EXIF-upright, loaded ``PIL.Image`` (any mode; the
     Detector's loader converts modes), refusing more than ``max_pixels`` before decoding."""
-    where = f"input 'image'[{index}]"
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise InvalidInput(
-                    f"{where}: {width}x{height} = {width * height} pixels, more than the "
-                    f"server's limit of {max_pixels} (--max-pixels)"
-                )
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-            return image
-    except Image.DecompressionBombError:
-        raise InvalidInput(f"{where}: larger than Pillow's decompression-bomb limit") from None
-    except UnidentifiedImageError:
-        raise InvalidInput(
-            f"{where}: not an image file Pillow can read ({len(data)} bytes)"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(
-            f"{where}: cannot decode image ({first_line(exc)}; {len(data)} bytes)"
-        ) from None
+        return open_image(data, name=f"input 'image'[{index}]", max_pixels=max_pixels)
+    except ImageError as exc:
+        hint = " (--max-pixels)" if "pixels, more than the limit" in str(exc) else ""
+        raise InvalidInput(f"{exc}{hint}") from None
 
 
 class DetectorModel(Model):

@@ -125,6 +125,20 @@ def _openvino_reason(exc: RuntimeError) -> str:
     return "; ".join(useful) or first_line(exc, with_type=True)
 
 
+def _signature(model: Any) -> Signature:
+    """An ``openvino.Model``'s inputs (type, shape; None for a dynamic axis) and outputs."""
+
+    def shape(port: Any) -> list[int | str | None]:
+        return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+    inputs = {
+        port.get_any_name(): (_OV_TYPES.get(port.get_element_type().get_type_name(), "?"),
+                              shape(port))
+        for port in model.inputs
+    }  # fmt: skip
+    return Signature(inputs, [port.get_any_name() for port in model.outputs])
+
+
 class OpenVinoSession:
     """``compile_model`` on OpenVINO's CPU plugin, used like an ``onnxruntime.InferenceSession``.
 
@@ -155,6 +169,9 @@ class OpenVinoSession:
         core = ov.Core()
         try:
             model = core.read_model(str(path))
+            # Read before compiling: a compiled port may carry an internal tensor's name too
+            # and answer to that one (RF-DETR's `images` became ".../Cast_output_0").
+            self._signature = _signature(model)
             self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable graphs
             reason = _openvino_reason(exc)
@@ -168,17 +185,8 @@ class OpenVinoSession:
 
     @property
     def signature(self) -> Signature:
-        """The compiled model's inputs and outputs."""
-
-        def shape(port: Any) -> list[int | str | None]:
-            return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-
-        inputs = {
-            port.get_any_name(): (_OV_TYPES.get(port.get_element_type().get_type_name(), "?"),
-                                  shape(port))
-            for port in self.compiled.inputs
-        }  # fmt: skip
-        return Signature(inputs, [port.get_any_name() for port in self.compiled.outputs])
+        """The graph's inputs and outputs, named as in the file."""
+        return self._signature
 
     def run(self, output_names: Sequence[str], input_feed: dict[str, np.ndarray]) -> list[Any]:
         """Synchronous inference: the outputs ``output_names`` as host arrays."""

@@ -355,6 +355,13 @@ def test_family_exports_and_matches_pytorch(family: str, tmp_path: Path) -> None
         # RF-DETR's position-embedding resize once compiled in ONNX Runtime only: OpenVINO's
         # CPU plugin refused its broadcast MatMuls (export.graph_fixes)
         sessions["openvino"] = OpenVinoSession(contract, threads=1)
+        # the contract's names, which runtime.Detector checks (compiled, RF-DETR's `images`
+        # port answered to an internal Cast's name)
+        signature = sessions["openvino"].signature
+        assert (list(signature.inputs), signature.outputs) == (
+            ["images", "orig_target_sizes"],
+            ["labels", "boxes", "scores"],
+        )
     deploy = DeployModel(model).eval()
     for batch, (height, width) in checked:
         images = _pixels(batch, height, width, seed=2)

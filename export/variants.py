@@ -302,8 +302,10 @@ def to_fp16(src: Path, dst: Path) -> dict[str, str]:
     model = onnx.load(str(src))
     _inline_shared_initializers(model.graph)
     keep = float_nodes(model)
+    contract = _contract_outputs(model)
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
     _repair(converted.graph)
+    _keep_output_axes(contract, converted)
     onnx.save(converted, str(dst))
     return {"conversion": "onnxruntime.transformers.float16, post-processing kept fp32"}
 
@@ -366,6 +368,7 @@ def to_int8(
     model = onnx.load(str(src))
     _inline_shared_initializers(model.graph)
     ops = SYMMETRIC_OPS if symmetric else QUANTIZED_OPS
+    contract = _contract_outputs(model)
     root = logging.getLogger()
     root.addFilter(_no_preprocessing_advice)
     try:
@@ -389,6 +392,9 @@ def to_int8(
         )
     finally:
         root.removeFilter(_no_preprocessing_advice)
+    quantized = onnx.load(str(dst))
+    if _keep_output_axes(contract, quantized):
+        onnx.save(quantized, str(dst))
     float_text = islands_of(model).described
     if symmetric:
         return {
@@ -400,6 +406,27 @@ def to_int8(
         "quantization": f"static QDQ U8S8, per-channel weights ({', '.join(QUANTIZED_OPS)}), "
         f"MinMax on {len(calibration)} calibration image(s); float: {float_text} ({RECIPE})"
     }
+
+
+def _contract_outputs(model: Any) -> list[Any]:
+    """Copies of ``model``'s outputs, taken before a converter edits the model it is given."""
+    return [type(o).FromString(o.SerializeToString()) for o in model.graph.output]
+
+
+def _keep_output_axes(contract: Sequence[Any], model: Any) -> bool:
+    """Give the converted ``model`` the ``contract`` outputs again; True if any changed.
+
+    On RF-DETR the quantizer's and the fp16 converter's shape inference replaced the
+    contract's named axis ``K`` by the number of queries (measured, ORT 1.32: "labels: axis 1
+    is not named 'K'"); the other families keep the names.
+    """
+    outputs = {o.name: o for o in contract}
+    changed = False
+    for output in model.graph.output:
+        if output.name in outputs and output.type != outputs[output.name].type:
+            output.type.CopyFrom(outputs[output.name].type)
+            changed = True
+    return changed
 
 
 def _no_preprocessing_advice(record: logging.LogRecord) -> bool:

@@ -22,7 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.islands import DFINE_ISLANDS, RFDETR_ISLANDS, RTDETR_ISLANDS, FloatIslands
+from finetune.islands import (
+    DEIMV2_ISLANDS,
+    DFINE_ISLANDS,
+    RFDETR_ISLANDS,
+    RTDETR_ISLANDS,
+    FloatIslands,
+)
 
 __all__ = ["FAMILIES", "SMALL_HYBRID", "Family", "UnknownFamilyError", "config_labels", "family_of"]
 
@@ -254,7 +260,7 @@ FAMILIES: dict[str, Family] = {
             ("harshaljanjani/DEIMv2_HGNetv2_N_COCO_Transformers",),  # transformers' own tests
             _deimv2,
             _rtdetr_processor,
-            islands=DFINE_ISLANDS,
+            islands=DEIMV2_ISLANDS,
             decoder_methods=_SAMPLING,
         ),
         Family(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DFINE_ISLANDS", "RFDETR_ISLANDS", "RTDETR_ISLANDS", "FloatIslands"]
+__all__ = ["DEIMV2_ISLANDS", "DFINE_ISLANDS", "RFDETR_ISLANDS", "RTDETR_ISLANDS", "FloatIslands"]
 
 POSTPROCESSOR = "/postprocessor/"  # sigmoid, top-k, label/query split, box scaling, gathers
 
@@ -70,29 +70,46 @@ RTDETR_ISLANDS = FloatIslands(
 )
 
 # D-FINE and DEIMv2 (same decoder): no decoder input projection and no value projection in
-# their deformable attention, so RT-DETR's memory path does not exist there. Their box path has
-# two more parts: the initial box head (``pre_bbox_head``) and the distribution integral that
-# turns each layer's corner distributions into distances; the final scores go through the last
-# layer's localisation-quality head (``lqe_layers``).
+# their deformable attention: the decoder samples the encoder's output maps directly, so their
+# memory path is the last convolution of each encoder block (D-FINE's ``conv4``, DEIMv2's
+# ``conv2``), matched by ``int8_pattern`` whatever the number of levels. Their box path has two
+# more parts than RT-DETR's: the initial box head (``pre_bbox_head``) and the distribution
+# integral that turns each layer's corner distributions into distances; the final scores go
+# through the last layer's localisation-quality head (``lqe_layers``).
+_DFINE_ALWAYS = (POSTPROCESSOR, "/model/model/enc_score_head/", "/model/model/enc_bbox_head/")
+_DFINE_LAST = (
+    "/model/model/decoder/class_embed.{k}/",
+    "/model/model/decoder/bbox_embed.{k}/",
+    "/model/model/decoder/lqe_layers.{k}/",
+)
+_DFINE_BOX_PATH = (
+    "/model/model/enc_output/",
+    "/model/model/decoder/query_pos_head/",
+    "/model/model/decoder/pre_bbox_head/",
+    "/model/model/decoder/integral",
+    "/model/model/decoder/bbox_embed.",
+)
+_DFINE_DESCRIBED = (
+    "post-processing, query selection, last decoder heads and quality head, box path "
+    "(encoder output, query position head, initial box head, distribution integral, box "
+    "heads), decoder memory path (the encoder blocks' output convolutions) and self-attention"
+)
+_FPN = ("/model/model/encoder/lateral_convs", "/model/model/encoder/fpn_blocks")
 DFINE_ISLANDS = FloatIslands(
-    always=(POSTPROCESSOR, "/model/model/enc_score_head/", "/model/model/enc_bbox_head/"),
-    described="post-processing, query selection, last decoder heads and quality head, box "
-    "path (encoder output, query position head, initial box head, distribution integral, "
-    "box heads), decoder self-attention",
-    last_heads=(
-        "/model/model/decoder/class_embed.{k}/",
-        "/model/model/decoder/bbox_embed.{k}/",
-        "/model/model/decoder/lqe_layers.{k}/",
-    ),
-    int8=(
-        "/model/model/enc_output/",
-        "/model/model/decoder/query_pos_head/",
-        "/model/model/decoder/pre_bbox_head/",
-        "/model/model/decoder/integral",
-        "/model/model/decoder/bbox_embed.",
-    ),
-    int8_pattern=r"/model/model/decoder/layers\.\d+/self_attn/",
-    symmetric=("/model/model/encoder/lateral_convs", "/model/model/encoder/fpn_blocks"),
+    always=_DFINE_ALWAYS,
+    described=_DFINE_DESCRIBED,
+    last_heads=_DFINE_LAST,
+    int8=_DFINE_BOX_PATH,
+    int8_pattern=r"/model/model/(decoder/layers\.\d+/self_attn/|encoder/(fpn|pan)_blocks\.\d+/conv4/)",
+    symmetric=_FPN,
+)
+DEIMV2_ISLANDS = FloatIslands(
+    always=_DFINE_ALWAYS,
+    described=_DFINE_DESCRIBED,
+    last_heads=_DFINE_LAST,
+    int8=_DFINE_BOX_PATH,
+    int8_pattern=r"/model/model/(decoder/layers\.\d+/self_attn/|encoder/(fpn|pan)_blocks\.\d+/conv2/)",
+    symmetric=_FPN,
 )
 
 # RF-DETR: the encoder's per-group heads select the queries (group 0 at inference); the class

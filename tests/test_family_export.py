@@ -10,13 +10,13 @@ project's exporter settings, run in ONNX Runtime and compared with PyTorch on th
   :class:`~finetune.postprocess.DeployModel`, element by element (labels, xyxy boxes in pixels,
   scores), at batch 1 and 2.
 
-Random init needs care (``_calibrate``): with transformers' init the activations vanish, every
-query-selection score ties, and ``torch.topk`` and ONNX ``TopK`` then pick different encoder
-positions (``test_topk_ties_are_broken_differently``), so per-query outputs differ by whole
-boxes although both graphs compute the same function. Each model's batch norms are therefore
-set to the statistics of the test batch (unit-variance activations at every batch norm), and
-``_assert_selection_untied`` checks that the encoder's top-k has a clear margin before
-outputs are compared per query.
+Random init needs care (``bench.real_sizes.settle``): with transformers' init the activations
+vanish, every query-selection score ties, and ``torch.topk`` and ONNX ``TopK`` then pick
+different encoder positions (``test_topk_ties_are_broken_differently``), so per-query outputs
+differ by whole boxes although both graphs compute the same function. Each model's batch
+norms are therefore set to the statistics of the test batch (unit-variance activations at
+every batch norm), and ``_assert_selection_untied`` checks that the encoder's top-k has a
+clear margin before outputs are compared per query.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.real_sizes import settle
 from export.graph_fixes import antialiased_bicubic_weights, export_patches
 from export.onnx_export import trace_to_onnx
 from export.openvino_session import OpenVinoSession, openvino_version
@@ -108,7 +109,7 @@ def _dfine_style(**extra: Any) -> dict[str, Any]:
     """D-FINE's and DEIMv2's shared shape: HGNetV2, hybrid encoder, FDR decoder (2 layers)."""
     return {
         "backbone_config": _tiny_hgnet(),
-        "freeze_backbone_batch_norms": False,  # so that _calibrate reaches the backbone
+        "freeze_backbone_batch_norms": False,  # so that settle reaches the backbone
         "encoder_in_channels": [64, 128, 256],
         "encoder_hidden_dim": 32,
         "encoder_ffn_dim": 64,
@@ -234,25 +235,6 @@ FAMILIES: dict[str, Callable[[], Any]] = {
 }
 
 
-def _calibrate(model: Any, images: torch.Tensor) -> None:
-    """Batch norms set to the batch statistics of ``images`` (one train-mode forward with a
-    cumulative average), then eval. Without it the activations of these random-init models
-    shrink layer after layer (std 1e-10 at the encoder of D-FINE's default config) and the
-    query-selection scores tie. PyTorch's default conv/linear init is used first for the same
-    reason (transformers' std-0.01 init)."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                module.reset_parameters()
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None
-        model.train()
-        model(pixel_values=images)
-    model.eval()
-
-
 def build_uncalibrated(family: str, seed: int = 0) -> Any:
     """A tiny model of ``family`` with transformers' init, in eval mode."""
     torch.manual_seed(seed)
@@ -267,7 +249,7 @@ def build(family: str, seed: int | None = None) -> Any:
     """A calibrated tiny model of ``family`` in eval mode."""
     torch.manual_seed(SEEDS.get(family, 0) if seed is None else seed)
     model = FAMILIES[family]()
-    _calibrate(model, _pixels(2, IMAGE, IMAGE, seed=100))
+    settle(model, _pixels(2, IMAGE, IMAGE, seed=100))
     return model.eval()
 
 

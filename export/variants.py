@@ -134,6 +134,10 @@ and publishes it only if it passes.
   not run by this toolkit (no GPU runtime here); the sidecar says so.
 - slim: ``onnxslim.slim`` (constant folding, dead-node and shape-op elimination).
 
+Which nodes stay float is each family's :class:`finetune.islands.FloatIslands`, read from the
+graph's ``model_type`` metadata (:func:`islands_of`); the tables above are RT-DETR's, the
+other families' measurements are in :mod:`finetune.islands`.
+
 Every published file is also verified in OpenVINO (``export.openvino_session``) where the
 ``[openvino]`` extra is installed; the outcome goes into the report and the sidecar's
 ``verified.runtimes``; a file wrong there is still published (ONNX Runtime gates it) with a

@@ -129,22 +129,23 @@ _DFINE_DESCRIBED = (
     "heads), decoder memory path (the encoder blocks' output convolutions) and self-attention"
 )
 _FPN = ("/model/model/encoder/lateral_convs", "/model/model/encoder/fpn_blocks")
-DFINE_ISLANDS = FloatIslands(
-    always=_DFINE_ALWAYS,
-    described=_DFINE_DESCRIBED,
-    last_heads=_DFINE_LAST,
-    int8=_DFINE_BOX_PATH,
-    int8_pattern=r"/model/model/(decoder/layers\.\d+/self_attn/|encoder/(fpn|pan)_blocks\.\d+/conv4/)",
-    symmetric=_FPN,
-)
-DEIMV2_ISLANDS = FloatIslands(
-    always=_DFINE_ALWAYS,
-    described=_DFINE_DESCRIBED,
-    last_heads=_DFINE_LAST,
-    int8=_DFINE_BOX_PATH,
-    int8_pattern=r"/model/model/(decoder/layers\.\d+/self_attn/|encoder/(fpn|pan)_blocks\.\d+/conv2/)",
-    symmetric=_FPN,
-)
+
+
+def _dfine_style(output_conv: str) -> FloatIslands:
+    """D-FINE's islands for encoder blocks whose last convolution is ``output_conv``."""
+    return FloatIslands(
+        always=_DFINE_ALWAYS,
+        described=_DFINE_DESCRIBED,
+        last_heads=_DFINE_LAST,
+        int8=_DFINE_BOX_PATH,
+        int8_pattern=r"/model/model/(decoder/layers\.\d+/self_attn/|"
+        rf"encoder/(fpn|pan)_blocks\.\d+/{output_conv}/)",
+        symmetric=_FPN,
+    )
+
+
+DFINE_ISLANDS = _dfine_style("conv4")
+DEIMV2_ISLANDS = _dfine_style("conv2")
 
 # RF-DETR: the encoder's per-group heads select the queries (group 0 at inference); the class
 # and box heads run once, after the last decoder layer; ``ref_point_head`` is its query

@@ -53,6 +53,10 @@ class Tolerance:
         min_iou: ...or when their IoU is at least this.
         min_agreement: Fraction of detections (both directions) that must find a match.
         max_map_drop: Largest allowed mAP50:95 drop (absolute) against PyTorch.
+        selection_ulps: The graph's query selection must be a top-k of PyTorch's selection
+            scores within this many float32 ulps, and the reference is recomputed with it
+            (:mod:`export.selection`); None: not read (reduced precisions, whose selection
+            scores differ by more than rounding and are judged on detections alone).
     """
 
     score_atol: float
@@ -60,8 +64,9 @@ class Tolerance:
     min_iou: float
     min_agreement: float
     max_map_drop: float
+    selection_ulps: float | None = None
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from export.parity import Agreement, QueryDifferences, Tolerance
+from export.selection import SelectionCheck
 
 __all__ = [
     "Agreement",
@@ -23,6 +24,7 @@ __all__ = [
     "MapComparison",
     "QueryDifferences",
     "RuntimeOutcome",
+    "SelectionCheck",
     "VerificationReport",
 ]
 
@@ -70,6 +72,7 @@ _NESTED: dict[str, type] = {
     "tolerance": Tolerance,
     "latency_ms_median": Latency,
     "max_abs_diff": QueryDifferences,
+    "query_selection": SelectionCheck,
     "detections_above_threshold": Agreement,
     "detections_top_n": Agreement,
     "dynamic_batch": Agreement,
@@ -99,6 +102,7 @@ class VerificationReport:
         latency_ms_median: Model-only latency of PyTorch and the graph.
         max_abs_diff: Per-query differences (information; ties reorder queries).
         query_selection_ties: Share of images whose encoder top-k boundary is an exact tie.
+        query_selection: The graph's query selection against PyTorch's (fp32; near-ties).
         score_threshold: The score cut of ``detections_above_threshold``.
         detections_above_threshold: Detections scoring at least ``score_threshold``, matched.
         top_n: Detections per image of ``detections_top_n``.
@@ -129,6 +133,7 @@ class VerificationReport:
     latency_ms_median: Latency | None = None
     max_abs_diff: QueryDifferences | None = None
     query_selection_ties: float | None = None
+    query_selection: SelectionCheck | None = None
     score_threshold: float | None = None
     detections_above_threshold: Agreement | None = None
     top_n: int | None = None

@@ -45,30 +45,32 @@ def _images(count: int = 3) -> list[np.ndarray]:
     return [rng.integers(0, 256, (IMAGE, IMAGE + 16 * i, 3), dtype=np.uint8) for i in range(count)]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def untrained_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """(family, checkpoint folder, export result) of an untrained tiny model of each family."""
+def _export(model: Any, family: str, folder: Path) -> Any:
+    """Save ``model`` (a ``family`` model) with its processor to ``folder`` and export it
+    (verified) next to it, on one torch thread."""
     import torch
 
     from export import export_checkpoint
     from finetune.families import FAMILIES as RECORDS
 
-    family = request.param
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        folder = tmp_path_factory.mktemp(family) / "checkpoint"
-        model = _untrained(family)
         model.config.id2label = {i: f"class{i}" for i in range(model.config.num_labels)}
         model.config.label2id = {v: k for k, v in model.config.id2label.items()}
         model.save_pretrained(folder)
         RECORDS[family].scratch_processor(IMAGE).save_pretrained(folder)
-        result = export_checkpoint(
-            folder, folder.parent / "model.onnx", images=_images(), threads=1
-        )
+        return export_checkpoint(folder, folder.parent / "model.onnx", images=_images(), threads=1)
     finally:
         torch.set_num_threads(before)
-    return family, folder, result
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def untrained_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """(family, checkpoint folder, export result) of an untrained tiny model of each family."""
+    family = request.param
+    folder = tmp_path_factory.mktemp(family) / "checkpoint"
+    return family, folder, _export(_untrained(family), family, folder)
 
 
 @pytest.mark.slow
@@ -143,6 +145,122 @@ def test_shifted_class_logit_fails(untrained_export, tmp_path: Path) -> None:
     )
     assert not report.passed, f"{family}: a shifted class logit passed"
     assert report.detections_top_n.agreement < FP32.min_agreement, report.failures
+
+
+# --- near-ties: the graph's own query selection (export.selection) ------------------------
+
+
+def _edit_selection(source: Path, target: Path, ramp: np.ndarray | None = None) -> None:
+    """Copy the graph with its query-selection ``TopK`` (the first) choosing from its scores
+    plus ``ramp`` (one value per query), or, without ``ramp``, from the negated scores."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    topk = next(node for node in graph.node if node.op_type == "TopK")
+    if ramp is None:
+        edit = helper.make_node("Neg", [topk.input[0]], ["edited_selection"])
+    else:
+        graph.initializer.append(numpy_helper.from_array(ramp.astype(np.float32), "ramp"))
+        edit = helper.make_node("Add", [topk.input[0], "ramp"], ["edited_selection"])
+    graph.node.insert(list(graph.node).index(topk), edit)
+    topk.input[0] = "edited_selection"
+    onnx.save(model, str(target))
+
+
+def _reference(folder: Path, count: int = 3) -> tuple[Any, Any]:
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from export.reference import torch_reference
+    from export.samples import caller_images
+
+    model = AutoModelForObjectDetection.from_pretrained(folder).eval()
+    images = caller_images(_images(count))
+    processor = AutoImageProcessor.from_pretrained(folder)
+    return torch_reference(model, processor, images.images), images
+
+
+def _verify(path: Path, reference: Any, images: Any, runtime: str = "onnxruntime", **tol: Any):
+    import dataclasses
+
+    from export.onnx_export import read_metadata
+    from export.verify import verify_onnx
+
+    return verify_onnx(path, reference, images, expected=read_metadata(path), name="m",
+                       tolerance=dataclasses.replace(FP32, **tol), runtime=runtime)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_near_tied_selection_verifies_query_for_query(untrained_export, tmp_path: Path) -> None:
+    """The graph choosing other queries among near-ties (its selection scores raised by a
+    ramp of up to 4 float32 ulps, so it picks the highest indices of the tied scores, as a
+    backend's rounding may) verifies, every detection matched within 1e-5
+    and 0.01 px, with the reference recomputed on the graph's selection. The same graph
+    fails when the selection is not read (``selection_ulps=None``): the near-ties are what
+    this test is about. RF-DETR's
+    untrained selection does not tie (a margin of hundreds of ulps): the ramp leaves it as
+    it is, and the check must see an exact top-k there."""
+    from export.openvino_session import openvino_version
+    from export.selection import ulp_of
+
+    family, folder, result = untrained_export
+    reference, images = _reference(folder, 2)
+    scores = reference.selection_scores[0]
+    edited = tmp_path / "model.onnx"
+    _edit_selection(result.path, edited, np.linspace(0, 4 * ulp_of(scores), len(scores)))
+    # OpenVINO for one family: its own tie-breaking already makes test_untrained_export_verifies
+    # read and realign the selection there (measured, RT-DETRv2, D-FINE, DEIMv2: every image)
+    with_openvino = family == "rt_detr" and openvino_version() is not None
+    runtimes = ["onnxruntime"] + (["openvino"] if with_openvino else [])
+    for runtime in runtimes:
+        report = _verify(edited, reference, images, runtime)
+        assert report.passed, (family, runtime, report.failures)
+        check = report.query_selection
+        if family == "rf_detr":
+            assert check.realigned == 0 and check.max_gap_ulps < -4, check
+            continue
+        assert check.realigned == len(images.images) and check.max_gap_ulps <= 4, check
+        for detections in (report.detections_top_n, report.detections_above_threshold):
+            assert detections.agreement == 1.0 and detections.boundary_excluded == 0
+            assert detections.max_score_diff < 1e-5 and detections.max_box_diff_px < 1e-2
+    unread = _verify(edited, reference, images, selection_ulps=None)
+    assert unread.passed == (family == "rf_detr") and unread.query_selection is None, family
+
+
+@pytest.fixture(scope="module")
+def calibrated_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint folder, verified export) of a calibrated tiny RT-DETRv2: its selection
+    scores are spread (no ties), so a selection can be wrong."""
+    from test_family_export import build
+
+    folder = tmp_path_factory.mktemp("calibrated") / "checkpoint"
+    result = _export(build("rt_detr_v2"), "rt_detr_v2", folder)
+    assert result.report.passed, result.report.failures
+    assert result.report.query_selection.max_gap_ulps <= 0  # an exact top-k: no near-ties
+    return folder, result.path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", ["negated", "ramp"])
+def test_a_wrong_selection_fails(calibrated_export, edit: str, tmp_path: Path) -> None:
+    """A graph whose query selection is no near-top-k of PyTorch's scores fails: the TopK
+    choosing the lowest scores, or its scores raised by a ramp as wide as their range (far
+    past the tolerance), so that it favours the highest indices."""
+    from export.selection import ulp_of
+
+    folder, path = calibrated_export
+    reference, images = _reference(folder)
+    scores = reference.selection_scores[0]
+    spread = float(scores.max() - scores.min())
+    assert spread > 10 * FP32.selection_ulps * ulp_of(scores)  # a selection can be wrong
+    ramp = None if edit == "negated" else np.linspace(0, spread, len(scores))
+    edited = tmp_path / "model.onnx"
+    _edit_selection(path, edited, ramp)
+    report = _verify(edited, reference, images)
+    assert not report.passed
+    assert report.query_selection.max_gap_ulps > FP32.selection_ulps, report.query_selection
+    assert any(f.startswith("query selection: image 0:") for f in report.failures)
 
 
 @pytest.mark.slow

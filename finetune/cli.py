@@ -325,7 +325,7 @@ def _main(argv: list[str] | None) -> int:
 
     # Heavy imports after argument parsing so --help is instant.
     from finetune.datasets import DatasetError
-    from finetune.model import CheckpointError, load_model_and_processor
+    from finetune.model import CheckpointError, check_input_size, load_model_and_processor
 
     started = time.monotonic()
     try:
@@ -357,6 +357,7 @@ def _main(argv: list[str] | None) -> int:
         model, processor = load_model_and_processor(
             ours.checkpoint, splits.id2label, image_size=ours.image_size
         )
+        check_input_size(model, processor)
     except CheckpointError as exc:
         return _fail(str(exc))
 

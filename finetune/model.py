@@ -45,6 +45,7 @@ __all__ = [
     "WARMSTART_DIR",
     "CheckpointError",
     "basic_resnet",
+    "check_input_size",
     "load_model_and_processor",
     "small_config",
     "small_processor",
@@ -307,4 +308,38 @@ def load_model_and_processor(
         _log_head_reset(id2label)
     if image_size is not None:
         processor.size = {"height": image_size, "width": image_size}
+    elif not {"height", "width"} <= {k for k, v in dict(processor.size).items() if v}:
+        size = {k: v for k, v in dict(processor.size).items() if v}
+        raise CheckpointError(
+            f"{checkpoint}: its image processor resizes by {size} (keeping the aspect ratio), "
+            "but an exported model takes one fixed input size: pass --image_size N (the square "
+            "size it was trained at)"
+        )
     return model, processor
+
+
+def check_input_size(model: PreTrainedModel, processor: Any) -> None:
+    """Refuse an input size too small for the model, before training starts.
+
+    Every family selects ``num_queries`` of the encoder's positions with ``topk``; an input
+    with fewer positions (e.g. 32x32 px for the 300 queries of RT-DETR's small model) fails
+    there with "selected index k out of range" on the first batch. One forward pass of a
+    blank image at the processor's size (eval, no gradients; 0.1-1 s for the small models)
+    finds that for every family without knowing its strides and windows.
+    """
+    height, width = processor.size["height"], processor.size["width"]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros(1, 3, height, width))
+    except RuntimeError as exc:
+        if "out of range" not in str(exc):
+            raise
+        raise CheckpointError(
+            f"--image_size {height}x{width} is too small for this model: it selects "
+            f"{getattr(model.config, 'num_queries', '?')} queries from fewer encoder "
+            f"positions ({first_line(exc)}); pass a larger --image_size"
+        ) from None
+    finally:
+        model.train(was_training)

@@ -107,3 +107,34 @@ def test_rt_detr_v2_checkpoint_gets_a_new_head_that_survives_save(tmp_path: Path
     assert reloaded.config.id2label == NEW_LABELS
     for head in reloaded.model.decoder.class_embed:
         assert torch.all(head.weight == 0.25)
+
+
+def test_aspect_preserving_processor_needs_an_image_size(tiny_checkpoint: Path, tmp_path) -> None:
+    """A hub processor that resizes by shortest/longest edge (RfDetrImageProcessor's default:
+    800/1333) cannot give the one fixed input an export needs: one line saying what to pass."""
+    from transformers import RTDetrImageProcessor
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    RTDetrImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333}).save_pretrained(folder)
+    with pytest.raises(CheckpointError, match=r"resizes by .*shortest_edge.*--image_size N"):
+        load_model_and_processor(str(folder), NEW_LABELS)
+    _, processor = load_model_and_processor(str(folder), NEW_LABELS, image_size=64)
+    assert dict(processor.size)["height"] == 64
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "ok_size"),
+    [("scratch", 128), ("scratch:d_fine", 128), ("scratch:rf_detr", 192)],  # RF-DETR: 16-px
+)  # patches, 100 queries: 128 px gives 64 positions
+def test_input_too_small_for_the_queries_is_refused_before_training(
+    checkpoint: str, ok_size: int
+) -> None:
+    from finetune.model import check_input_size
+
+    model, processor = load_model_and_processor(checkpoint, NEW_LABELS, image_size=32)
+    with pytest.raises(CheckpointError, match=r"--image_size 32x32 is too small .* queries"):
+        check_input_size(model, processor)
+    assert model.training  # the check leaves the model as it found it
+    model, processor = load_model_and_processor(checkpoint, NEW_LABELS, image_size=ok_size)
+    check_input_size(model, processor)  # large enough: no error

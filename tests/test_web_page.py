@@ -95,6 +95,8 @@ def page_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
         [sys.executable, "-m", "runtime.web", str(model), "--verify", "--chromium", chromium],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    if verify.returncode != 0:  # every case below needs the recorded browser check
+        pytest.fail(f"python -m runtime.web --verify failed:\n{verify.stdout}{verify.stderr}")
     detector = Detector(model, providers=["cpu"], threads=1)
 
     files: dict[str, Path] = {}

@@ -45,7 +45,11 @@ def _from_pil(image: Image.Image) -> np.ndarray:
 
 
 def open_image(
-    source: str | Path | bytes, *, name: str | None = None, max_pixels: int | None = None
+    source: str | Path | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    limit_name: str = "",
 ) -> Image.Image:
     """Decode an image file (a path, or its bytes) into an EXIF-upright, loaded ``PIL.Image``.
 
@@ -55,6 +59,7 @@ def open_image(
         source: the file's path or its encoded bytes.
         name: what the errors call it (default: the path, or "image bytes").
         max_pixels: refuse larger images from their header, before decoding them.
+        limit_name: where the limit is set (e.g. a command-line flag), named in that error.
 
     Raises:
         ImageError: it is not an image Pillow reads, does not decode, or is too large.
@@ -67,7 +72,7 @@ def open_image(
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(
                     f"{name}: {width}x{height} = {width * height} pixels, more than the "
-                    f"limit of {max_pixels}"
+                    f"limit of {max_pixels}" + (f" ({limit_name})" if limit_name else "")
                 )
             pil = ImageOps.exif_transpose(pil)
             pil.load()

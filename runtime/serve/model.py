@@ -55,10 +55,11 @@ def decode_image(data: bytes, index: int, max_pixels: int) -> Image.Image:
     """One encoded image file -> an EXIF-upright, loaded ``PIL.Image`` (any mode; the
     Detector's loader converts modes), refusing more than ``max_pixels`` before decoding."""
     try:
-        return open_image(data, name=f"input 'image'[{index}]", max_pixels=max_pixels)
+        return open_image(
+            data, name=f"input 'image'[{index}]", max_pixels=max_pixels, limit_name="--max-pixels"
+        )
     except ImageError as exc:
-        hint = " (--max-pixels)" if "pixels, more than the limit" in str(exc) else ""
-        raise InvalidInput(f"{exc}{hint}") from None
+        raise InvalidInput(str(exc)) from None
 
 
 class DetectorModel(Model):

@@ -23,7 +23,7 @@ parts run slower than that, so it reads low).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,12 +192,18 @@ def _onnxruntime_kernel(size: int, threads: int) -> PeakKernel:
                       lambda: session.run(None, feed))  # fmt: skip
 
 
-def peak_kernels(threads: int, size: int = PEAK_SIZE) -> dict[str, PeakKernel]:
-    """The GEMMs timed beside the rows (see the module docstring), by key. torch runs at
-    ``torch.get_num_threads()`` (the suite sets it to ``--threads``), ONNX Runtime at
-    ``threads`` (spinning off, as the rows)."""
-    kernels = [*_torch_kernels(size), _onnxruntime_kernel(size, threads)]
-    return {kernel.key: kernel for kernel in kernels}
+def peak_kernels(
+    threads: int, size: int = PEAK_SIZE, precisions: Collection[str] = ("fp32", "int8")
+) -> dict[str, PeakKernel]:
+    """The GEMMs timed beside the rows (see the module docstring), by key, for the
+    ``precisions`` some row has (``--fast`` has no int8 real-size row: its two int8 GEMMs
+    would be 2/3 of the peaks' time for nothing). torch runs at ``torch.get_num_threads()``
+    (the suite sets it to ``--threads``), ONNX Runtime at ``threads`` (spinning off, as the
+    rows)."""
+    kernels = _torch_kernels(size)
+    if "int8" in precisions:
+        kernels.append(_onnxruntime_kernel(size, threads))
+    return {kernel.key: kernel for kernel in kernels if kernel.precision in precisions}
 
 
 def peak_gflops(

@@ -151,6 +151,22 @@ class BenchOptions:
             return "--fast: torch.compile's first call takes ~3 minutes on 2 CPU cores"
         return "--no-compile"
 
+    def openvino_rows(self, size_key: str) -> bool:
+        """Whether real size ``size_key`` gets OpenVINO rows (where OpenVINO is installed).
+
+        On a CPU every published size does. Under ``--fast`` only the first size of the
+        selection does: compiling each tiny graph twice in OpenVINO (its gate, then the
+        timed ``Detector``) was 4-5 of the 10-15 CPU-seconds of each family's row (measured,
+        Emerald Rapids, 2 loaded cores), and what those rows proved per family is already
+        proved in the main suite: tests/test_family_export.py loads every family's contract
+        graph in OpenVINO (the same ``runtime.engines`` session the rows use) and compares
+        its detections with PyTorch's. The first size keeps the bench's own OpenVINO path
+        (gate, ``Detector(backend="openvino")``, report) exercised in CI.
+        """
+        if self.device != "cpu":
+            return False
+        return not self.fast or (bool(self.families) and size_key == self.families[0])
+
     @property
     def variants(self) -> tuple[str, ...]:
         """Variants worth benchmarking on this device: int8 on a CPU, fp16 on a GPU."""

@@ -5,8 +5,9 @@ latency only (labelled so). Rows: PyTorch eager (the reference), ONNX Runtime fp
 (export's recipe with the family's float islands, calibrated on generated images), OpenVINO
 fp32 and int8 where installed; int8 rows are not run under ``--fast`` (quantizing and
 verifying five families would add a minute to CI; the benchmarked model's int8 rows run
-there). Each row is gated (:mod:`bench.family_gates`: export's verification in that runtime
-against PyTorch); a row that fails is reported FAILED with the reason, never ranked, and
+there), nor OpenVINO rows after the first size (``BenchOptions.openvino_rows``). Each
+row is gated (:mod:`bench.family_gates`: export's verification in that runtime against
+PyTorch); a row that fails is reported FAILED with the reason, never ranked, and
 still timed where the runtime can run it (measured: int8 fails the agreement check on random
 weights, 0.54-0.65 against 0.9 for RT-DETR-R18, because int8 reorders their near-tied
 scores, while the same recipe passes on the trained benchmarked model; its speed is still
@@ -83,7 +84,7 @@ def _files(size: PublishedSize, fp32: Path, options: BenchOptions) -> dict[str, 
         except (RuntimeError, ValueError, OSError) as exc:  # a converter crash is a result
             int8 = Gate("FAILED", f"int8 build: {first_line(exc, with_type=True)}")
         rows["onnx-int8"] = ("onnxruntime", "int8", int8)
-    if openvino_version() is not None:
+    if openvino_version() is not None and options.openvino_rows(size.key):
         rows["openvino-fp32"] = ("openvino", "fp32", fp32)
         if int8 is not None:
             rows["openvino-int8"] = ("openvino", "int8", int8)
@@ -121,10 +122,16 @@ def _rows(size: PublishedSize, options: BenchOptions, results: Results) -> Rows:
         except (ModelLoadError, RuntimeError) as exc:  # runtime.Detector cannot open it
             reason = f"runtime.Detector: {first_line(exc, with_type=True)}"[:300]
             rows.gates[name] = Gate("FAILED", gate.reason if not gate.passed else reason)
+    note = None
     if openvino_version() is None and options.device == "cpu":
         note = "real sizes: OpenVINO rows skipped (not installed: pip install -e '.[openvino]')"
-        if note not in results.notes:
-            results.notes.append(note)
+    elif options.fast and options.device == "cpu" and not options.openvino_rows(size.key):
+        note = (
+            f"real sizes, --fast: OpenVINO rows for {options.families[0]} only (every family's "
+            "graph is checked in OpenVINO by tests/test_family_export.py)"
+        )
+    if note and note not in results.notes:
+        results.notes.append(note)
     return rows
 
 
@@ -136,7 +143,8 @@ def test_real_size_latency(
     rows = _rows(size, bench_options, results)
     feed = random_feed(size.image_size)
     rounds = FAST_ROUNDS if bench_options.fast else ROUNDS
-    kernels = peak_kernels(bench_options.threads)
+    precisions = {precision for _, precision in rows.kinds.values()}
+    kernels = peak_kernels(bench_options.threads, precisions=precisions)
     calls = {name: (lambda b=b: b.model_only(feed)) for name, b in rows.backends.items()}
     calls.update({key: kernel.call for key, kernel in kernels.items()})
     benchmark.group = "real sizes (random weights, latency only), native input size, batch 1"

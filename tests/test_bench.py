@@ -295,6 +295,18 @@ def test_fast_times_each_selected_family_at_its_tiny_size() -> None:
     assert tiny.config().model_type == "rf_detr"
 
 
+def test_fast_gives_openvino_rows_to_the_first_size_only() -> None:
+    from bench.settings import BenchOptions
+
+    sizes = ("rt_detr-tiny", "d_fine-tiny", "rf_detr-tiny")
+    fast = BenchOptions(fast=True, families=sizes)
+    assert [fast.openvino_rows(key) for key in sizes] == [True, False, False]
+    full = BenchOptions(families=("rt_detr-r18", "d_fine-n"))
+    assert full.openvino_rows("rt_detr-r18") and full.openvino_rows("d_fine-n")
+    assert not BenchOptions(device="cuda", families=sizes).openvino_rows("rt_detr-tiny")
+    assert not BenchOptions(fast=True).openvino_rows("rt_detr-tiny")  # --families none
+
+
 def _family_row(results: Results, size: str, backend: str, ms: float | None, gate: str) -> None:
     info = {"label": size.upper(), "image_size": 640, "runtime": backend.split("-")[0],
             "precision": backend.partition("-")[2] or "fp32", "gate": gate,
@@ -396,6 +408,9 @@ def test_peak_kernels_compute_the_gemm_they_are_credited_with() -> None:
     assert tuple(kernels["peak-fp32-torch"].call().shape) == (64, 64)
     if "peak-int8-torch" in kernels:
         assert kernels["peak-int8-torch"].call().dtype == torch.int32
+    # --fast's real sizes have fp32 rows only: no int8 GEMM is built or timed for them
+    fp32_only = peak_kernels(threads=1, size=64, precisions={"fp32"})
+    assert list(fp32_only) == ["peak-fp32-torch"]
 
 
 def test_a_row_is_divided_by_the_peak_of_its_own_precision() -> None:

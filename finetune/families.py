@@ -10,8 +10,8 @@ that trains on a 2-core CPU (``--checkpoint scratch:FAMILY``).
 
 Adding a family means adding one :class:`Family` to :data:`FAMILIES` and its tests.
 LW-DETR is not listed: its default configuration fails in ``forward`` (``torch.cat`` of an
-empty list, transformers 5.24) and no public checkpoint was at hand to take a working one
-from.
+empty list), its published sizes' configurations run and export (measured; what adding it
+takes is in docs/families.md, "LW-DETR").
 """
 
 from __future__ import annotations
@@ -57,11 +57,17 @@ class Family:
             hub (Dec 2026). They need the hub: offline they fail with the clear error of
             ``finetune.model``.
         scratch_config: ``id2label -> config``: a small architecture for a 2-core CPU.
-        scratch_processor: ``image size -> image processor`` of that architecture.
+        scratch_processor: ``image size -> image processor`` of that architecture (and of
+            every checkpoint of the family whose backbone is not in ``backbone_processors``).
         scratch_size: Its square input size in pixels.
         islands: The nodes its fp16 and int8 exports keep float (:mod:`finetune.islands`).
         decoder_methods: The config's ``decoder_method`` values export can choose from
-            (``python -m export --decoder-method``); empty where the family has none.
+            (``python -m export --decoder-method``); empty where the family has none. Each
+            is honoured by transformers 5.24 (the deformable attention reads it from the
+            config when built; ``tests/test_family_processors.py`` checks the graph).
+        backbone_processors: ``(backbone model_type, image size -> processor)`` pairs where
+            the family's preprocessing depends on its backbone (DEIMv2: its DINOv3 sizes
+            normalise, its HGNetV2 sizes do not); read by :meth:`processor`.
     """
 
     model_type: str
@@ -75,6 +81,18 @@ class Family:
     scratch_size: int = 192
     islands: FloatIslands = RTDETR_ISLANDS
     decoder_methods: tuple[str, ...] = ()
+    backbone_processors: tuple[tuple[str, Callable[[int], Any]], ...] = ()
+
+    def processor(self, size: int, config: Any = None) -> Any:
+        """The image processor of a model of this family at a square ``size``: the one its
+        backbone (``config.backbone_config.model_type``) needs, else ``scratch_processor``.
+
+        Used where this toolkit creates a checkpoint (``scratch:FAMILY``, the benchmark's
+        published sizes); a checkpoint's own ``preprocessor_config.json`` is read as it is,
+        and export and the runtime take the preprocessing from there.
+        """
+        backbone = getattr(getattr(config, "backbone_config", None), "model_type", None)
+        return dict(self.backbone_processors).get(backbone, self.scratch_processor)(size)
 
     def model(self, config: Any) -> Any:
         """A randomly initialised model of this family for ``config``."""
@@ -194,11 +212,38 @@ def _rf_detr(id2label: dict[int, str]) -> Any:
 
 
 def _rtdetr_processor(size: int) -> Any:
-    """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, no normalisation."""
+    """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, no normalisation.
+
+    Also D-FINE's and DEIMv2-with-HGNetV2's: upstream D-FINE (Peterande/D-FINE,
+    ``configs/dfine/include/dataloader.yml``) and DEIMv2's HGNetV2 configs resize and
+    rescale only, and transformers maps both to ``RTDetrImageProcessor`` (default
+    ``do_normalize=False``).
+    """
     from transformers import RTDetrImageProcessor
 
     return RTDetrImageProcessor(
         size={"height": size, "width": size}, do_normalize=False, do_pad=False
+    )
+
+
+def _imagenet_processor(size: int) -> Any:
+    """RT-DETR's resize and rescale, then ImageNet mean/std: DEIMv2's DINOv3 sizes (S/M/L/X).
+
+    Upstream DEIMv2 normalises for its DINOv3 backbones only (``configs/deimv2/
+    deimv2_dinov3_*_coco.yml``: ``Normalize`` with ImageNet mean/std in the train and val
+    transforms; the HGNetV2 configs and D-FINE's have none), and transformers' converter
+    (``convert_deimv2_original_pytorch_checkpoint_to_hf.py``) saves
+    ``RTDetrImageProcessor(do_normalize=True, image_mean/std=ImageNet)`` for DINOv3 only.
+    """
+    from transformers import RTDetrImageProcessor
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return RTDetrImageProcessor(
+        size={"height": size, "width": size},
+        do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+        do_pad=False,
     )
 
 
@@ -259,9 +304,10 @@ FAMILIES: dict[str, Family] = {
             _HYBRID_HEADS,
             ("harshaljanjani/DEIMv2_HGNetv2_N_COCO_Transformers",),  # transformers' own tests
             _deimv2,
-            _rtdetr_processor,
+            _rtdetr_processor,  # the scratch model's HGNetV2, as upstream's N/Pico/Femto/Atto
             islands=DEIMV2_ISLANDS,
             decoder_methods=_SAMPLING,
+            backbone_processors=(("dinov3_vit", _imagenet_processor),),
         ),
         Family(
             "rf_detr",

@@ -10,10 +10,13 @@ whose detections move) is shown FAILED with the reason instead of a fast number.
 weights are random and the images have no ground truth.
 
 An outcome is cached beside the graph (``<graph>.gate-<key>.json``), keyed by the runtime and
-its version, the tolerance, the images and the verification code (``export/verify.py`` and
-``export/parity.py``): the graph, its weights and the images are
-deterministic, so the same key gives the same verdict, and a full run does not verify ten
-models again each time.
+its version, the tolerance, the images and the verification code (:func:`verification_sources`:
+every module of ``export/`` and the session seams of ``runtime/``): the graph, its weights and
+the images are deterministic, so the same key gives the same verdict, and a full run does not
+verify ten models again each time. Why every module of ``export/``: the key once hashed
+``export/verify.py`` and ``export/parity.py`` only, and the query-selection check
+(``export/selection.py``, ``export/reference.py``) changed the verdicts without changing the
+key; hashing too much costs a re-verification, hashing too little a stale verdict.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GATE_IMAGES", "PASSED", "Gate", "gate_row", "reference_for"]
+__all__ = ["GATE_IMAGES", "PASSED", "Gate", "gate_row", "reference_for", "verification_sources"]
 
 GATE_IMAGES = 2  # generated images verified on (plus the batch of 2): a 640 px R50 is ~1 s each
 PASSED, FAILED = "passed", "FAILED"
@@ -66,14 +69,23 @@ def _runtime_version(runtime: str) -> str | None:
     return onnxruntime.__version__
 
 
+def verification_sources() -> list[Path]:
+    """The source files a gate's verdict depends on (the cache key hashes them): every module
+    of ``export/`` and ``runtime``'s session seams (how a graph is opened in each runtime)."""
+    import export
+    import runtime
+
+    runtime_dir = Path(runtime.__file__).parent
+    seams = [runtime_dir / name for name in ("engines.py", "session.py")]
+    return sorted(Path(export.__file__).parent.glob("*.py")) + [p for p in seams if p.is_file()]
+
+
 def _cache_path(path: Path, runtime: str, version: str, precision: str, images: int) -> Path:
-    import export.parity
-    import export.verify
     from export.verify import TOLERANCES
 
     code = hashlib.sha256()
-    for module in (export.verify, export.parity):  # a changed check gives a new verdict
-        code.update(Path(module.__file__).read_bytes())
+    for source in verification_sources():  # a changed check gives a new verdict
+        code.update(source.name.encode() + b"\0" + source.read_bytes())
     text = json.dumps(
         [runtime, version, TOLERANCES[precision].to_dict(), images, GATE_IMAGES, code.hexdigest()],
         sort_keys=True,

@@ -131,3 +131,16 @@ def test_family_gate_passes_an_intact_graph_and_fails_a_negated_class(family_gra
     broken = _negate_class(intact, tmp_path / "broken.onnx", class_id=0)
     verdict = gate_row(broken, reference, images, **kwargs)
     assert verdict.status == "FAILED" and "agreement" in verdict.reason, verdict.describe()
+
+
+@pytest.mark.unit
+def test_family_gate_cache_key_covers_all_of_exports_verification_code() -> None:
+    """A cached verdict is stale once any code it came from changes: the query-selection
+    check (export/selection.py, export/reference.py) once changed verdicts under an
+    unchanged key, which hashed export/verify.py and export/parity.py only."""
+    from bench.family_gates import verification_sources
+
+    names = {(p.parent.name, p.name) for p in verification_sources()}
+    for module in ("verify.py", "parity.py", "selection.py", "reference.py", "variants.py"):
+        assert ("export", module) in names, module
+    assert ("runtime", "engines.py") in names

@@ -36,6 +36,7 @@ from export.graph_fixes import antialiased_bicubic_weights, export_patches
 from export.onnx_export import trace_to_onnx
 from export.openvino_session import OpenVinoSession, openvino_version
 from export.reference import lowest_index_topk
+from finetune.families import FAMILIES as RECORDS
 from finetune.postprocess import DeployModel
 from runtime.errors import ModelLoadError
 
@@ -306,7 +307,28 @@ def raw_differences(model: Any, path: Path, images: torch.Tensor) -> tuple[float
     return float(np.abs(logits - onnx_logits).max()), float(np.abs(boxes - onnx_boxes).max())
 
 
+def _assert_sampling(model: Any, path: Path) -> None:
+    """A discrete decoder's graph has no GridSample, a default one has some: transformers
+    honours ``config.decoder_method`` for every family that offers it (measured: 9 GridSample
+    nodes in each small default D-FINE/DEIMv2/RT-DETRv2 graph of docs/families.md, 0 discrete)."""
+    import onnx
+
+    if not RECORDS[model.config.model_type].decoder_methods:
+        return
+    count = sum(node.op_type == "GridSample" for node in onnx.load(str(path)).graph.node)
+    method = model.config.decoder_method
+    assert (count == 0) is (method == "discrete"), f"{method}: {count} GridSample nodes"
+
+
 # --- tests --------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_every_decoder_method_has_a_model_here() -> None:
+    """Each family offering ``--decoder-method discrete`` is exported discrete above."""
+    offering = {r.model_type for r in RECORDS.values() if "discrete" in r.decoder_methods}
+    assert offering == {"rt_detr_v2", "d_fine", "deimv2"}
+    assert {f"{model_type}_discrete" for model_type in offering} <= set(FAMILIES)
 
 
 @pytest.mark.slow
@@ -329,6 +351,7 @@ def test_family_exports_and_matches_pytorch(family: str, tmp_path: Path) -> None
 
     contract = tmp_path / "model.onnx"
     trace_to_onnx(model, contract, opset=OPSET, input_size=(IMAGE, IMAGE))
+    _assert_sampling(model, contract)
     sessions = {"onnxruntime": _session(contract)}
     if openvino_version() is not None and family in OPENVINO_REFUSES:
         with pytest.raises(ModelLoadError, match=OPENVINO_REFUSES[family]):

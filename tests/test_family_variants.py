@@ -175,6 +175,53 @@ def test_int8_and_fp16_of_each_family_build_with_its_islands(family, exported, t
     assert weighted.keys() & plain and weighted.keys() - plain
     for name, node in weighted.items():
         assert (node.input[1] in halves) == (name not in plain), name
+    # ... and so do their tensors: nothing between two float nodes (or a float node and an
+    # output) went fp32 -> fp16 -> fp32, and the post-processing's outputs are not fp16 values
+    assert _round_trips(half, plain) == []
+    _assert_outputs_not_halved(fp16, processor)
+
+
+def _round_trips(model: onnx.ModelProto, float_nodes: set[str]) -> list[str]:
+    """Inputs of ``float_nodes`` (and graph outputs) that are an fp32 tensor cast to fp16 and
+    back, from a float node or a graph input (what the fp16 converter writes around every
+    node it keeps float)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    float_sources = {i.name for i in model.graph.input} | {
+        out for name, node in producer.items() if node.name in float_nodes for out in node.output
+    }
+
+    def cast(name: str, to: int) -> onnx.NodeProto | None:
+        node = producer.get(name)
+        if node is None or node.op_type != "Cast" or node.attribute[0].i != to:
+            return None
+        return node
+
+    found = []
+    readers = [(n.name, i) for n in model.graph.node if n.name in float_nodes for i in n.input]
+    for reader, name in readers + [("output", o.name) for o in model.graph.output]:
+        up = cast(name, onnx.TensorProto.FLOAT)
+        half = cast(up.input[0], onnx.TensorProto.FLOAT16) if up is not None else None
+        if half is not None and half.input[0] in float_sources:
+            found.append(f"{reader} reads {half.input[0]} through fp16")
+    return found
+
+
+def _assert_outputs_not_halved(path: Path, processor: object) -> None:
+    """One photo through the fp16 graph: its scores and boxes are computed and kept in fp32
+    by the post-processing, so they are not all fp16 values (they all were, rounded on the
+    way out, before ``export.variants._float_between_islands``)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from finetune.pixels import pixel_array
+
+    image = photo(IMAGE, IMAGE, seed=5)
+    feed = {"images": pixel_array(processor, [image]), "orig_target_sizes": np.array([[640, 480]])}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, boxes, scores = session.run(["labels", "boxes", "scores"], feed)
+    for name, values in (("boxes", boxes), ("scores", scores)):
+        halved = values.astype(np.float16).astype(np.float32)
+        assert not np.array_equal(values, halved), f"{name} were rounded to fp16"
 
 
 @pytest.mark.slow

@@ -77,10 +77,12 @@ OPSET = 17
 
 
 def processor_of(size: PublishedSize) -> Any:
-    """The family's image processor at the size's input size (its preprocessing metadata)."""
+    """The family's image processor at the size's input size, the one its backbone needs
+    (``Family.processor``: DEIMv2's DINOv3 sizes normalise with ImageNet mean/std): the
+    settling images' pixels, the reference's and the graph's preprocessing metadata."""
     from finetune.families import family_of
 
-    return family_of(size.model_type).scratch_processor(size.image_size)
+    return family_of(size.model_type).processor(size.image_size, size.config())
 
 
 def generated_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -142,6 +144,8 @@ def _cache_key(size: PublishedSize) -> str:
     text = json.dumps(
         {
             "config": size.config().to_dict(),
+            # the weights are settled on its pixels and the metadata records it
+            "processor": processor_of(size).to_dict(),
             "torch": torch.__version__,
             "toolkit": toolkit_version(),
             "image_size": size.image_size,

@@ -295,6 +295,25 @@ def test_fast_times_each_selected_family_at_its_tiny_size() -> None:
     assert tiny.config().model_type == "rf_detr"
 
 
+def test_real_size_graph_cache_is_keyed_by_the_preprocessing(monkeypatch) -> None:
+    """The settled weights and the graph's metadata depend on the image processor: a changed
+    processor (DEIMv2's DINOv3 sizes came to normalise) must not reuse a cached graph."""
+    from bench import real_sizes
+    from bench.published_sizes import SIZES
+
+    size = SIZES["deimv2-s"]
+    processor = real_sizes.processor_of(size)
+    assert processor.do_normalize  # ImageNet's mean/std, as upstream's DINOv3 configs
+    assert list(processor.image_mean) == pytest.approx([0.485, 0.456, 0.406])
+    key = real_sizes._cache_key(size)
+    assert real_sizes._cache_key(size) == key  # deterministic
+    other = real_sizes.processor_of(SIZES["d_fine-s"]).__class__(
+        **{**processor.to_dict(), "do_normalize": False}
+    )
+    monkeypatch.setattr(real_sizes, "processor_of", lambda _: other)
+    assert real_sizes._cache_key(size) != key
+
+
 def test_fast_gives_openvino_rows_to_the_first_size_only() -> None:
     from bench.settings import BenchOptions
 

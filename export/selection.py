@@ -60,6 +60,8 @@ class SelectionCheck:
         max_value_diff_ulps: Worst difference, in those ulps, between the graph's selected
             scores and PyTorch's scores of the same queries (information).
         allowed_ulps: The tolerance ``max_gap_ulps`` was held to.
+        allowance: Which allowance that is and what it was measured as
+            (``export.tolerances.ALLOWANCES`` of the graph's precision).
     """
 
     images: int
@@ -67,6 +69,7 @@ class SelectionCheck:
     max_gap_ulps: float
     max_value_diff_ulps: float
     allowed_ulps: float
+    allowance: str = ""
 
 
 def with_topk_outputs(source: Path, target: Path) -> list[str]:
@@ -147,11 +150,13 @@ def realign(
     picked: Sequence[tuple[np.ndarray, np.ndarray] | None],
     allowed: float,
     images: Sequence[int] | None = None,
+    allowance: str = "",
 ) -> tuple[list[Detections], list[Detections], SelectionCheck, list[str]]:
     """The reference's outputs and ``beyond`` recomputed with the graph's query selection
     ``picked`` (values, indices [k]) of each of ``images`` (default: all, in order), the
     check and its failures: an image whose graph selection is no top-k of PyTorch's scores
-    within ``allowed`` ulps fails (then its reference is left as it was)."""
+    within ``allowed`` ulps fails (then its reference is left as it was); ``allowance`` says
+    which allowance ``allowed`` is, for the report."""
     images = list(range(len(picked))) if images is None else list(images)
     outputs = [reference.outputs[i] for i in images]
     beyond = [reference.beyond[i] for i in images] if reference.beyond else []
@@ -182,6 +187,7 @@ def realign(
         max_gap_ulps=round(max(gaps, default=0.0), 3),
         max_value_diff_ulps=round(max(diffs, default=0.0), 3),
         allowed_ulps=allowed,
+        allowance=allowance,
     )
     return outputs, beyond, check, failures
 

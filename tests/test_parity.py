@@ -181,14 +181,17 @@ def _reference(folder: Path, count: int = 3) -> tuple[Any, Any]:
     return torch_reference(model, processor, images.images), images
 
 
-def _verify(path: Path, reference: Any, images: Any, runtime: str = "onnxruntime", **tol: Any):
+def _verify(
+    path: Path, reference: Any, images: Any, runtime: str = "onnxruntime", tolerance=FP32, **tol
+):
     import dataclasses
 
     from export.onnx_export import read_metadata
     from export.verify import verify_onnx
 
+    tolerance = dataclasses.replace(tolerance, **tol)
     return verify_onnx(path, reference, images, expected=read_metadata(path), name="m",
-                       tolerance=dataclasses.replace(FP32, **tol), runtime=runtime)  # fmt: skip
+                       tolerance=tolerance, runtime=runtime)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -241,26 +244,90 @@ def calibrated_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return folder, result.path
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("edit", ["negated", "ramp"])
-def test_a_wrong_selection_fails(calibrated_export, edit: str, tmp_path: Path) -> None:
-    """A graph whose query selection is no near-top-k of PyTorch's scores fails: the TopK
-    choosing the lowest scores, or its scores raised by a ramp as wide as their range (far
-    past the tolerance), so that it favours the highest indices."""
-    from export.selection import ulp_of
+@pytest.fixture(scope="module")
+def calibrated_reference(calibrated_export) -> tuple[Any, Any]:
+    """PyTorch's reference on the calibrated model's three verification images."""
+    return _reference(calibrated_export[0])
+
+
+@pytest.fixture(scope="module")
+def calibrated_int8(calibrated_export, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The calibrated model's int8 variant (export's recipe and islands), metadata inside."""
+    import dataclasses
+
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from export.onnx_export import read_metadata, write_metadata
+    from export.variants import build_variant
 
     folder, path = calibrated_export
-    reference, images = _reference(folder)
+    target = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    processor = AutoImageProcessor.from_pretrained(folder)
+    layers = AutoConfig.from_pretrained(folder).decoder_layers
+    precision, extra = build_variant("int8", path, target, processor, _images(), layers)
+    metadata = read_metadata(path)
+    extra = {**metadata.extra, **extra}
+    write_metadata(target, dataclasses.replace(metadata, precision=precision, extra=extra))
+    return target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("precision", "edit"), [("fp32", "negated"), ("fp32", "ramp"), ("int8", "negated")]
+)
+def test_a_wrong_selection_fails(
+    calibrated_export, calibrated_reference, calibrated_int8, precision, edit, tmp_path
+) -> None:
+    """A graph whose query selection is no near-top-k of PyTorch's scores fails: the TopK
+    choosing the lowest scores, or its scores raised by a ramp as wide as their range (far
+    past the tolerance), so that it favours the highest indices; the int8 variant, held to
+    its own (wider, measured) allowance, as well."""
+    from export.selection import ulp_of
+
+    tolerance = TOLERANCES[precision]
+    path = calibrated_int8 if precision == "int8" else calibrated_export[1]
+    reference, images = calibrated_reference
     scores = reference.selection_scores[0]
     spread = float(scores.max() - scores.min())
-    assert spread > 10 * FP32.selection_ulps * ulp_of(scores)  # a selection can be wrong
+    assert spread > 2 * tolerance.selection_ulps * ulp_of(scores)  # a selection can be wrong
     ramp = None if edit == "negated" else np.linspace(0, spread, len(scores))
     edited = tmp_path / "model.onnx"
     _edit_selection(path, edited, ramp)
-    report = _verify(edited, reference, images)
+    report = _verify(edited, reference, images, tolerance=tolerance)
     assert not report.passed
-    assert report.query_selection.max_gap_ulps > FP32.selection_ulps, report.query_selection
+    check = report.query_selection
+    assert check.max_gap_ulps > tolerance.selection_ulps, check
+    assert check.allowed_ulps == tolerance.selection_ulps
+    assert check.allowance.startswith(f"{precision}:"), check.allowance
     assert any(f.startswith("query selection: image 0:") for f in report.failures)
+
+
+@pytest.mark.slow
+def test_a_variant_is_realigned_within_its_allowance(
+    calibrated_reference, calibrated_int8, tmp_path: Path
+) -> None:
+    """The intact int8 variant verifies with its selection read and checked against its
+    measured allowance; the same graph choosing among its near-ties otherwise (selection
+    scores raised by a ramp as wide as a quarter of the allowance) verifies too, the
+    reference recomputed on its selection, and fails when the selection is not read: what
+    re-alignment is for."""
+    from export.selection import ulp_of
+
+    int8 = TOLERANCES["int8"]
+    reference, images = calibrated_reference
+    intact = _verify(calibrated_int8, reference, images, tolerance=int8)
+    assert intact.passed, intact.failures
+    check = intact.query_selection
+    assert check.images == len(images.images) and check.max_gap_ulps <= int8.selection_ulps
+    scores = reference.selection_scores[0]
+    width = int8.selection_ulps / 4 * ulp_of(scores)
+    edited = tmp_path / "model.int8.onnx"
+    _edit_selection(calibrated_int8, edited, np.linspace(0, width, len(scores)))
+    report = _verify(edited, reference, images, tolerance=int8)
+    assert report.passed, report.failures
+    assert report.query_selection.realigned >= 1, report.query_selection
+    unread = _verify(edited, reference, images, tolerance=int8, selection_ulps=None)
+    assert not unread.passed and unread.query_selection is None
 
 
 @pytest.mark.slow

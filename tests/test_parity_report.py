@@ -14,6 +14,7 @@ from export.report import (
     SelectionCheck,
     VerificationReport,
 )
+from export.tolerances import ALLOWANCES
 from export.verify import TOLERANCES
 
 AGREE = Agreement(30, 30, 0, 1.0, 1.0, 1.0, 1e-6, 1e-4, 0.9999)
@@ -35,7 +36,7 @@ def _full() -> VerificationReport:
         latency_ms_median=Latency(3.1, 1.2, "model only"),
         max_abs_diff=QueryDifferences(1e-7, 1e-4, 1e-7, 1.0),
         query_selection_ties=1.0,
-        query_selection=SelectionCheck(3, 2, 0.0, 1.0, 8.0),
+        query_selection=SelectionCheck(3, 2, 0.0, 1.0, 8.0, ALLOWANCES["fp32"]),
         score_threshold=0.3,
         detections_above_threshold=AGREE,
         top_n=10,
@@ -60,6 +61,7 @@ def test_report_round_trips_through_json() -> None:
     assert back == report
     assert back.detections_top_n.agreement == 1.0 and back.openvino.passed
     assert back.query_selection.realigned == 2 and back.tolerance.selection_ulps is not None
+    assert back.query_selection.allowance == ALLOWANCES["fp32"]
     assert json.loads(text)["sha256"] == "ab" * 32 and json.loads(text)["bytes"] == 123
     structure_only = VerificationReport("m.onnx", "fp32", 17, parity="not verified")
     assert "provider" not in structure_only.to_json()

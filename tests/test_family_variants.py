@@ -176,9 +176,11 @@ def test_int8_and_fp16_of_each_family_build_with_its_islands(family, exported, t
     for name, node in weighted.items():
         assert (node.input[1] in halves) == (name not in plain), name
     # ... and so do their tensors: nothing between two float nodes (or a float node and an
-    # output) went fp32 -> fp16 -> fp32, and the post-processing's outputs are not fp16 values
+    # output) went fp32 -> fp16 -> fp32, and (run once, on the family it was found on: a
+    # session costs about a second) the post-processing's outputs are not fp16 values
     assert _round_trips(half, plain) == []
-    _assert_outputs_not_halved(fp16, processor)
+    if family == "rf_detr":
+        _assert_outputs_not_halved(fp16, processor)
 
 
 def _round_trips(model: onnx.ModelProto, float_nodes: set[str]) -> list[str]:
@@ -217,7 +219,9 @@ def _assert_outputs_not_halved(path: Path, processor: object) -> None:
 
     image = photo(IMAGE, IMAGE, seed=5)
     feed = {"images": pixel_array(processor, [image]), "orig_target_sizes": np.array([[640, 480]])}
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as written
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     _, boxes, scores = session.run(["labels", "boxes", "scores"], feed)
     for name, values in (("boxes", boxes), ("scores", scores)):
         halved = values.astype(np.float16).astype(np.float32)

@@ -17,6 +17,7 @@ takes is in docs/families.md, "LW-DETR").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,36 +212,17 @@ def _rf_detr(id2label: dict[int, str]) -> Any:
     )
 
 
-def _rtdetr_processor(size: int) -> Any:
-    """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, no normalisation.
-
-    Also D-FINE's and DEIMv2-with-HGNetV2's: upstream D-FINE (Peterande/D-FINE,
-    ``configs/dfine/include/dataloader.yml``) and DEIMv2's HGNetV2 configs resize and
-    rescale only, and transformers maps both to ``RTDetrImageProcessor`` (default
-    ``do_normalize=False``).
-    """
-    from transformers import RTDetrImageProcessor
-
-    return RTDetrImageProcessor(
-        size={"height": size, "width": size}, do_normalize=False, do_pad=False
-    )
-
-
-def _imagenet_processor(size: int) -> Any:
-    """RT-DETR's resize and rescale, then ImageNet mean/std: DEIMv2's DINOv3 sizes (S/M/L/X).
-
-    Upstream DEIMv2 normalises for its DINOv3 backbones only (``configs/deimv2/
-    deimv2_dinov3_*_coco.yml``: ``Normalize`` with ImageNet mean/std in the train and val
-    transforms; the HGNetV2 configs and D-FINE's have none), and transformers' converter
-    (``convert_deimv2_original_pytorch_checkpoint_to_hf.py``) saves
-    ``RTDetrImageProcessor(do_normalize=True, image_mean/std=ImageNet)`` for DINOv3 only.
-    """
+def _rtdetr_processor(size: int, imagenet: bool = False) -> Any:
+    """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, and no normalisation
+    (RT-DETR, D-FINE, DEIMv2's HGNetV2 sizes) or ImageNet mean/std (``imagenet``: DEIMv2's
+    DINOv3 sizes S/M/L/X), as upstream's configs and transformers' converters (sources:
+    docs/families.md, "Preprocessing per family")."""
     from transformers import RTDetrImageProcessor
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     return RTDetrImageProcessor(
         size={"height": size, "width": size},
-        do_normalize=True,
+        do_normalize=imagenet,
         image_mean=list(IMAGENET_DEFAULT_MEAN),
         image_std=list(IMAGENET_DEFAULT_STD),
         do_pad=False,
@@ -307,7 +289,9 @@ FAMILIES: dict[str, Family] = {
             _rtdetr_processor,  # the scratch model's HGNetV2, as upstream's N/Pico/Femto/Atto
             islands=DEIMV2_ISLANDS,
             decoder_methods=_SAMPLING,
-            backbone_processors=(("dinov3_vit", _imagenet_processor),),
+            backbone_processors=(
+                ("dinov3_vit", functools.partial(_rtdetr_processor, imagenet=True)),
+            ),
         ),
         Family(
             "rf_detr",

@@ -60,6 +60,10 @@ def test_family_processor_follows_the_backbone(family, config, normalises):
 
 @pytest.mark.slow
 def test_deimv2_dinov3_export_and_detector_normalise_like_pytorch(tmp_path: Path) -> None:
+    """The family's processor goes into the checkpoint, export copies it into the metadata and
+    ``Detector`` applies it: its detections are PyTorch's on the processor's pixels. Exported
+    with ``decoder_method="discrete"`` through ``export_checkpoint`` (the CLI's path): no
+    GridSample, recorded in the metadata (one trace for both checks, ~10 CPU-s)."""
     from transformers import AutoModelForObjectDetection
 
     from export import export_checkpoint

@@ -54,9 +54,10 @@ class Tolerance:
         min_agreement: Fraction of detections (both directions) that must find a match.
         max_map_drop: Largest allowed mAP50:95 drop (absolute) against PyTorch.
         selection_ulps: The graph's query selection must be a top-k of PyTorch's selection
-            scores within this many float32 ulps, and the reference is recomputed with it
-            (:mod:`export.selection`); None: not read (reduced precisions, whose selection
-            scores differ by more than rounding and are judged on detections alone).
+            scores within this many float32 ulps of the largest one, and the reference is
+            recomputed with it (:mod:`export.selection`): 2 x a measured bound of the
+            precision's selection-score error (:mod:`export.tolerances`); None: not read
+            (judged on detections alone).
     """
 
     score_atol: float

@@ -15,8 +15,11 @@ must be a top-k of PyTorch's selection scores within ``Tolerance.selection_ulps`
 of the largest selection score (:func:`selection_gap`); the PyTorch reference is then
 recomputed with the graph's selection (``Reference.rerun``), so everything after it is
 compared query for query. A selection that is no near-top-k of PyTorch's scores is a wrong
-graph and fails. A row of the batch-of-2 check that selected other near-tied queries than
-the same image at batch 1 is compared with PyTorch on its own selection.
+graph and fails. Every precision is read: an fp16 or int8 graph's selection scores differ
+from PyTorch's by far more than rounding, and its allowance is 2 x a measured bound of that
+error (:mod:`export.tolerances`, where the measurements are). A row of the batch-of-2
+check that selected other near-tied queries than the same image at batch 1 is compared with
+PyTorch on its own selection.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ DEIMv2 + memory (used)  0.1686     -0.0025     -0.0025     1.000      0.975
 RF-DETR minimal         0.0083     -0.0035     -0.0034     0.988
 RF-DETR used            0.0083     +0.0002     -0.0009     0.998      0.856
 RF-DETR + projector                                                   0.919
+RF-DETR used (again)    0.0083     +0.0002     -0.0009     0.998      0.644
+RF-DETR + proj. conv2   0.0083     -0.0018     -0.0002     0.994      0.695
+RF-DETR + projector     0.0083     -0.0043     -0.0043     0.997      0.752
 ======================  =========  ==========  ==========  =========  ==========
 
 What costs the accuracy is OpenVINO's handling of a quantized memory path, as on RT-DETR:
@@ -46,6 +49,39 @@ so its numbers only show the file is consistent; its islands follow RT-DETR's by
 barely faster on these small models (ORT 1 thread, batch 1, medians of 15 interleaved rounds:
 D-FINE 98 vs 104 ms, DEIMv2 88 vs 93 ms, RF-DETR 27 vs 24 ms, RT-DETRv2 49 vs 66 ms), as
 export/variants.py explains for RT-DETR at this size.
+
+RF-DETR's projector (the C2f block after DINOv2, whose last convolution ``conv2`` makes the
+memory the decoder samples) stays int8, by measurement (the last three rows, the 300-step
+checkpoint exported with ``--int8`` from tree copies whose islands differ only there, 64
+test images, same machine, load 9-15; their probe: OpenVINO int8 vs ONNX Runtime fp32 at the
+fp16 tolerances, top-10, 64 images). The earlier probe's gain is the query selection, not
+the detections: the int8 files select other queries than fp32 on 35 / 29 / 24 of the 64
+images (set; the order on all 64), and with the fp32 graph fed each file's own selection,
+every recipe agrees 1.000 in both runtimes, even at the fp16 tolerances. Float, the
+projector only moves the selection closer (RF-DETR's decoder reads the selection in order,
+see fp16 below); the gate passes either way (OV agr. 0.998 vs 0.994 / 0.997, ΔmAP within
+0.005 of a model at mAP 0.008), and ONNX Runtime int8 latency showed no difference at this
+load (p50 76.6 vs 74.8 ms, spread 52-92 ms, 20 interleaved rounds, 1 thread).
+
+fp16 keeps only ``always`` and ``last_heads`` float, for every family. RF-DETR's fp16 file
+fails its gate on that checkpoint (top-10 agreement 0.72 < 0.95; 0.88 once the islands'
+tensors stay float32, ``export.variants._float_between_islands``) and no node choice fixes
+it; measured against its fp32 graph on the 64 test images (ONNX Runtime 1.32, 1 thread, same
+machine, load 5-9; stage tensors exposed in temporary copies): the DINOv2 output and the
+selection scores are within fp16 rounding (up to 1.5e-3 and 8e-4 of their largest values, 4
+images), and fed the fp32 graph's query selection the fp16 graph agrees 1.000 (scores
+2.3e-4, boxes 0.33 px). The difference is the selection's order: RF-DETR's decoder pairs the
+j-th selected proposal with the j-th learned content query (``query_feat``), where the other
+families gather the content from the selected tokens and need only the set. The 100 best of
+this barely trained model's 144 selection scores span 0.21 (medians over the images),
+neighbours a median 5.4e-4 apart, the size of fp16's noise there (up to 5.5e-4): it reorders
+them on 64 of 64 images (and swaps 1-2 of the 100 on 7). The fp32 reference forced to fp16's
+set in its own order agrees 0.89; forced to fp16's set and order, 1.000. Keeping more float
+does not help short of the whole encoder: the DINOv2 backbone float 0.92, the selection's
+Where/ReduceMax float no change (0.88), everything before the decoder float 1.000 (then 45 %
+of the weights, the decoder's, are fp16). So RF-DETR's fp16 verifies once verification
+recomputes the reference with the graph's own selection, in the graph's order
+(``export.selection``, as at fp32).
 """
 
 from __future__ import annotations

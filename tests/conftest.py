@@ -6,6 +6,9 @@ install too (``test_install_profiles.py``).
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,22 +32,58 @@ def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("data") / "mini", MINI_SPEC)
 
 
+def once_per_run(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]
+) -> Path:
+    """``build(folder)``'s result, built once per test run, not once per pytest-xdist worker:
+    the first worker to ask builds it in the run's shared temporary folder under a file lock,
+    the other reads it (pytest-xdist's documented pattern); without xdist, in this process's
+    folder. What it returns is read-only: copy it to change it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    import fcntl  # xdist runs here are POSIX (CI); a plain run above needs no lock
+
+    folder = tmp_path_factory.getbasetemp().parent / name  # pytest-N/, shared by gw0, gw1
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = folder.with_name(f"{name}.built")
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            done.write_text(str(build(folder).relative_to(folder)))
+        return folder / done.read_text()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init tiny RT-DETR checkpoint folder (config.json, safetensors, processor)."""
     from model_factory import write_tiny_checkpoint  # torch: imported only when needed
 
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint")
+    return once_per_run(tmp_path_factory, "tiny", lambda f: write_tiny_checkpoint(f / "checkpoint"))
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_checkpoint`` exported without verification (its tests compare with transformers
-    or ``Detector`` themselves), once per test process. Read-only: copy it to change it."""
+    or ``Detector`` themselves), once per test run. Read-only: copy it to change it."""
     from export import export_checkpoint
 
-    output = tmp_path_factory.mktemp("tiny-onnx") / "model.onnx"
-    return Path(export_checkpoint(tiny_checkpoint, output, verify=False).path)
+    def build(folder: Path) -> Path:
+        return Path(export_checkpoint(tiny_checkpoint, folder / "model.onnx", verify=False).path)
+
+    return once_per_run(tmp_path_factory, "tiny-onnx", build)
+
+
+@pytest.fixture(scope="session")
+def runtime_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder that test_runtime_installed.py checks (``installed_fixtures``): built once
+    per test run for it and test_install_profiles.py (~10 CPU-s each). Read-only."""
+    from installed_fixtures import write_runtime_fixture
+
+    def build(folder: Path) -> Path:
+        return write_runtime_fixture(folder / "export", tiny_checkpoint)
+
+    return once_per_run(tmp_path_factory, "runtime-export", build)
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +96,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _picture_not_drawn(*args: object, **kwargs: object) -> Path:
+    return next(a for a in args if isinstance(a, Path))  # each plot_* takes its path as one
+
+
+@pytest.fixture(scope="module")
+def no_pictures():
+    """A module's training runs skip drawing their three pictures (matplotlib), as the
+    module's tests do not look at them: tests/test_train.py and tests/test_families.py do,
+    and tests/test_distributed.py draws them for a resumed run."""
+    import finetune.report as report
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("plot_curves", "plot_confusion_matrix", "plot_predictions"):
+            patch.setattr(report, name, _picture_not_drawn)
+        yield

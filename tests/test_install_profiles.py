@@ -60,14 +60,6 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"python": python, "site_packages_mb": size}
 
 
-@pytest.fixture(scope="module")
-def export_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    from installed_fixtures import write_runtime_fixture
-
-    checkpoint = request.getfixturevalue("tiny_checkpoint")
-    return write_runtime_fixture(tmp_path_factory.mktemp("runtime-export"), checkpoint)
-
-
 @pytest.mark.slow
 def test_runtime_only_install_has_no_training_stack(venv):
     listed = _run(venv["python"], "-m", "pip", "list", "--format", "json")
@@ -88,9 +80,9 @@ def test_runtime_only_install_has_no_training_stack(venv):
 
 
 @pytest.mark.slow
-def test_runtime_tests_pass_in_the_runtime_only_install(venv, export_folder, tmp_path):
+def test_runtime_tests_pass_in_the_runtime_only_install(venv, runtime_export, tmp_path):
     """test_runtime_installed.py, run by the venv's own pytest against the installed package."""
-    env = {**os.environ, "RTDETR_DEPLOY_TEST_EXPORT": str(export_folder)}
+    env = {**os.environ, "RTDETR_DEPLOY_TEST_EXPORT": str(runtime_export)}
     env.pop("PYTHONPATH", None)
     done = _run(
         venv["python"], "-m", "pytest", TESTS / "test_runtime_installed.py",

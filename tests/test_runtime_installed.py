@@ -31,13 +31,12 @@ READABLE = ["gray.png", "rgba.png", "rotated.jpg", "tall.png", "wide.png"]
 
 @pytest.fixture(scope="module")
 def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from installed_fixtures import EXPORT_ENV, write_runtime_fixture
+    from installed_fixtures import EXPORT_ENV
 
     given = os.environ.get(EXPORT_ENV)
     if given:
         return Path(given)
-    checkpoint = request.getfixturevalue("tiny_checkpoint")  # torch: only on this path
-    return write_runtime_fixture(tmp_path_factory.mktemp("installed"), checkpoint)
+    return request.getfixturevalue("runtime_export")  # torch: only on this path
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,8 @@ class VerificationReport:
         latency_ms_median: Model-only latency of PyTorch and the graph.
         max_abs_diff: Per-query differences (information; ties reorder queries).
         query_selection_ties: Share of images whose encoder top-k boundary is an exact tie.
-        query_selection: The graph's query selection against PyTorch's (fp32; near-ties).
+        query_selection: The graph's query selection against PyTorch's (near-ties, every
+            precision: the allowance used and the measured gap).
         score_threshold: The score cut of ``detections_above_threshold``.
         detections_above_threshold: Detections scoring at least ``score_threshold``, matched.
         top_n: Detections per image of ``detections_top_n``.

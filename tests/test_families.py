@@ -4,9 +4,6 @@ heads for a dataset and fine-tunes through ``python -m finetune`` unchanged."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +11,6 @@ import torch
 from finetune.families import FAMILIES, UnknownFamilyError, family_of
 from finetune.model import CheckpointError, load_model_and_processor
 
-ROOT = Path(__file__).resolve().parents[1]
 THREE = {0: "a", 1: "b", 2: "c"}
 TWO = {0: "circle", 1: "square"}
 
@@ -91,22 +87,26 @@ def test_class_heads_are_reinitialised_for_the_dataset(model_type, tmp_path):
 # init, ties its encoder scores at the query selection on every image (measured, seed 0):
 # it verifies because export's reference breaks exact ties as ONNX TopK does.
 @pytest.mark.parametrize("model_type", ["rt_detr_v2", "d_fine", "deimv2", "rf_detr"])
-def test_finetune_scratch_family(model_type, mini_dataset, tmp_path):
+def test_finetune_scratch_family(model_type, mini_dataset, tmp_path, one_torch_thread):
     """``python -m finetune --checkpoint scratch:FAMILY``: trains, evaluates, writes best/
     (a checkpoint of that family), metrics.json (with the family) and the pictures; the run
-    then exports and verifies (ONNX Runtime and OpenVINO), the family in its metadata."""
+    then exports and verifies (ONNX Runtime and OpenVINO), the family in its metadata.
+
+    The command's ``main`` in this process: a subprocess re-imported torch, transformers and
+    torchmetrics, ~10 of each case's ~30 CPU-s (``python -m finetune`` itself runs in
+    tests/test_distributed.py and tests/test_train.py)."""
     from transformers import AutoModelForObjectDetection
 
+    from finetune.cli import main
+
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "finetune", "--checkpoint", f"scratch:{model_type}",
-         "--dataset", str(mini_dataset), "--output_dir", str(out), "--max_steps", "2",
-         "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4",
-         "--logging_steps", "1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    code = main(
+        ["--checkpoint", f"scratch:{model_type}", "--dataset", str(mini_dataset),
+         "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+         "--per_device_eval_batch_size", "4", "--logging_steps", "1"]
     )  # fmt: skip
 
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model_type"] == model_type
     assert [e["step"] for e in metrics["epochs"]] == [2]

@@ -94,7 +94,7 @@ def test_finetune_scratch_family(model_type, mini_dataset, tmp_path, one_torch_t
 
     The command's ``main`` in this process: a subprocess re-imported torch, transformers and
     torchmetrics, ~10 of each case's ~30 CPU-s (``python -m finetune`` itself runs in
-    tests/test_distributed.py and tests/test_train.py)."""
+    tests/test_distributed.py and tests/test_publish_faults.py)."""
     from transformers import AutoModelForObjectDetection
 
     from finetune.cli import main

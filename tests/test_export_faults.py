@@ -128,18 +128,21 @@ def first_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
     from export import export_checkpoint
 
     folder = tmp_path_factory.mktemp("first")
-    result = export_checkpoint(tiny_checkpoint, folder / "model.onnx", variants=["slim"], threads=1)
+    result = export_checkpoint(
+        tiny_checkpoint, folder / "model.onnx", variants=["slim"], threads=1, max_images=2
+    )
     assert [v.passed for v in result.variants] == [True]
     assert json.loads((folder / "model.verify.json").read_text())["sha256"] == _sha(result.path)
     return folder
 
 
 def _export_again(checkpoint: Path, folder: Path, code: str, limit: int | None = None):
-    """``python -m export`` into ``folder`` with another K (a different file), under ``code``."""
+    """``python -m export`` into ``folder`` with another K (a different file), under ``code``
+    (verified on 2 images: what is checked here is what is left on disk, not parity)."""
     script = code + "\nfrom export.cli import main\nraise SystemExit(main(sys.argv[1:]))"
     return run_python(
         ["-c", script, "--checkpoint", str(checkpoint), "--output", str(folder / "model.onnx"),
-         "--num-top-queries", "10", "--threads", "1"],
+         "--num-top-queries", "10", "--threads", "1", "--max-images", "2"],
         limit=limit,
     )  # fmt: skip
 

@@ -23,6 +23,7 @@ def _run(dataset: Path, checkpoint: Path, out: Path, seed: int) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_pictures")  # the pictures are not compared here
 def test_same_seed_gives_identical_metrics(
     mini_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

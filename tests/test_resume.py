@@ -22,6 +22,8 @@ from finetune.runs import (
     resolve_resume,
 )
 
+pytestmark = pytest.mark.usefixtures("no_pictures")  # not looked at here (conftest)
+
 # The first run's evaluations at steps 1..4: the best is step 2.
 FIRST_RUN = (0.1, 0.4, 0.2, 0.3)
 
@@ -56,7 +58,10 @@ def _script(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
 
 @pytest.fixture(scope="module")
 def four_step_run(
-    mini_dataset: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+    mini_dataset: Path,
+    tiny_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    no_pictures: None,
 ) -> Path:
     """Four steps, evaluated and saved at every step, mAP scripted to FIRST_RUN."""
     out = tmp_path_factory.mktemp("runs") / "exp"

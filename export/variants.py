@@ -9,6 +9,20 @@ and publishes it only if it passes.
   encoder heads that select the queries stay fp32, tensors between them included (the
   converter rounded those through fp16: ``_float_between_islands``). Measured: no speed-up
   on CPU (ONNX Runtime has few fp16 CPU kernels and inserts casts); it is meant for GPUs.
+  A model with transformers' random init (no training, no ``settle``) has no fp16 file: its
+  activations vanish below fp16's range. Measured (tiny RT-DETRv2 and D-FINE of
+  tests/test_family_export, ``build_uncalibrated``; ONNX Runtime 1.32): in the fp32 graph 100%
+  of the encoder's output projection (``enc_output``) values are under fp16's smallest
+  subnormal 2^-24 (RT-DETRv2 max 3e-12, D-FINE 6e-15; its PAN blocks down to 1e-24; a 400-step
+  RT-DETRv2 checkpoint: 0%, max 0.07); the post-norm decoder's LayerNorms (eps 1e-5) do not
+  bring that back into range, so in fp16 every decoder tensor is 0: scores are the class
+  head's prior (sigmoid of its bias, 0.24999619), boxes the anchors. Not an ONNX Runtime bug
+  (the same with its optimisations off): OpenVINO's CPU plugin gives the same 0.25 at
+  ``INFERENCE_PRECISION_HINT=f16`` and is right only at its default there (bf16 on AMX CPUs,
+  fp32's exponent range), so its "fp16 verified" on a CPU is not fp16 arithmetic. Islands do
+  not help short of everything after the backbone (encoder, ``enc_output`` and decoder float:
+  still 0.25; every node outside the backbone float: right, 14% of the initializers fp16); the gate
+  refuses the file.
 - int8: ``onnxruntime.quantization.quantize_static``, QDQ format, per-channel int8 weights, uint8
   asymmetric activations (U8S8) calibrated (MinMax) on preprocessed training images. Only
   Conv/MatMul/Gemm are quantized; kept float (``float_nodes``): the post-processing

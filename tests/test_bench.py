@@ -373,6 +373,11 @@ def test_onnx_slower_than_eager_fails_only_where_the_project_claims_it() -> None
     assert claims["D_FINE-N at 640 px"].status == "not on this hardware"  # reported
     assert "0.50x" in claims["D_FINE-N at 640 px"].detail
     assert "RT_DETR-TINY at 640 px" not in claims  # --fast's tiny rows: no claim
+    _family_row(results, "d_fine-s", "pytorch", 20.0, "passed")
+    _family_row(results, "d_fine-s", "onnx-fp32", 10.0, "FAILED: query selection")  # faster
+    failed = next(c for c in evaluate_claims(results, device="cpu", target_fps=30)
+                  if c.claim.startswith("D_FINE-S"))  # fmt: skip
+    assert failed.status == "not measured" and "FAILED: query selection" in failed.detail
 
 
 def test_paper_claim_ignores_rows_that_failed_the_accuracy_gates() -> None:

@@ -18,8 +18,10 @@ and publishes it only if it passes.
   bring that back into range, so in fp16 every decoder tensor is 0: scores are the class
   head's prior (sigmoid of its bias, 0.24999619), boxes the anchors. Not an ONNX Runtime bug
   (the same with its optimisations off): OpenVINO's CPU plugin gives the same 0.25 at
-  ``INFERENCE_PRECISION_HINT=f16`` and is right only at its default there (bf16 on AMX CPUs,
-  fp32's exponent range), so its "fp16 verified" on a CPU is not fp16 arithmetic. Islands do
+  ``INFERENCE_PRECISION_HINT=f16`` and is right at f32 (how :class:`runtime.engines.
+  OpenVinoSession` compiles every file) and at its own default (bf16 on AMX CPUs, fp32's
+  exponent range), so "fp16 verified in OpenVINO" on a CPU checks fp16 weights computed in
+  fp32, not fp16 arithmetic. Islands do
   not help short of everything after the backbone (encoder, ``enc_output`` and decoder float:
   still 0.25; every node outside the backbone float: right, 14% of the initializers fp16); the gate
   refuses the file.

@@ -58,6 +58,9 @@ class Reference:
     selection_scores: list[np.ndarray] = field(default_factory=list)
     # image, selection indices -> (outputs, beyond) recomputed with that selection
     rerun: Callable[[int, np.ndarray], tuple[Detections, Detections]] | None = None
+    # (targets, mAP result) of ``outputs``: export.verify computes PyTorch's mAP once per
+    # image set, not once per file and runtime (8 times in an export with three variants)
+    maps: list[tuple[Any, dict[str, Any]]] = field(default_factory=list, repr=False)
 
 
 def median_ms(times: Sequence[float]) -> float | None:

@@ -324,6 +324,19 @@ def test_a_variant_is_realigned_within_its_allowance(
     assert report.query_selection.realigned >= 1, report.query_selection
     unread = _verify(edited, reference, images, tolerance=int8, selection_ulps=None)
     assert not unread.passed and unread.query_selection is None
+    # the mAP gate compares with PyTorch's OWN selection, never the re-aligned reference
+    # (ground truth here: PyTorch's own top detections, so its mAP is its own)
+    import dataclasses
+
+    from finetune.metrics import Boxes, mean_average_precision
+
+    truth = [Boxes(d.boxes[:5], d.labels[:5]) for d in reference.outputs]
+    names = [f"class{i}" for i in range(int(max(d.labels.max() for d in reference.outputs)) + 1)]
+    scored = dataclasses.replace(images, targets=truth, class_names=names)
+    measured = _verify(edited, reference, scored, tolerance=int8).map
+    own = mean_average_precision([Boxes(d.boxes, d.labels, d.scores) for d in reference.outputs],
+                                 truth, names)  # fmt: skip
+    assert measured.measured and measured.pytorch == own, (measured.pytorch, own)
 
 
 @pytest.mark.slow

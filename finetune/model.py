@@ -282,8 +282,8 @@ def load_model_and_processor(
         return model, small_processor(image_size or 192)
     if checkpoint.startswith(f"{SCRATCH}:"):
         family = _family(checkpoint, checkpoint.partition(":")[2])
-        model = family.model(family.scratch_config(id2label))
-        return model, family.scratch_processor(image_size or family.scratch_size)
+        config = family.scratch_config(id2label)
+        return family.model(config), family.processor(image_size or family.scratch_size, config)
 
     config = _load_config(checkpoint)
     family = _family(checkpoint, config.model_type)

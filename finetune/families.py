@@ -8,10 +8,11 @@ is our equivalent): the model class, which layers classify (re-initialised for a
 classes), the evaluation outputs to drop, the public checkpoints, and a small architecture
 that trains on a 2-core CPU (``--checkpoint scratch:FAMILY``).
 
-Adding a family means adding one :class:`Family` to :data:`FAMILIES` and its tests.
-LW-DETR is not listed: its default configuration fails in ``forward`` (``torch.cat`` of an
-empty list), its published sizes' configurations run and export (measured; what adding it
-takes is in docs/families.md, "LW-DETR").
+Adding a family means adding one :class:`Family` to :data:`FAMILIES` and its tests (LW-DETR,
+the sixth, was added that way: this record, its islands and the per-family test builders).
+LW-DETR's default configuration fails in ``forward`` (``torch.cat`` of an empty list:
+``projector_scale_factors`` defaults to ``()`` in transformers 5.24); every configuration here
+is derived from its published sizes' (transformers' ``convert_lw_detr_to_hf.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from finetune.islands import (
     DEIMV2_ISLANDS,
     DFINE_ISLANDS,
+    LWDETR_ISLANDS,
     RFDETR_ISLANDS,
     RTDETR_ISLANDS,
     FloatIslands,
@@ -212,6 +214,39 @@ def _rf_detr(id2label: dict[int, str]) -> Any:
     )
 
 
+def _lw_detr(id2label: dict[int, str]) -> Any:
+    """LW-DETR-tiny's layout (transformers' converter: a plain ViT with window attention in
+    alternate blocks, one projector level at stride 16, 2 sampling points, 100 queries),
+    narrowed for a 2-core CPU as RF-DETR's small model above: ViT width 96, 4 layers (windows in
+    blocks 0/2, features after blocks 1/3), d_model 128, 4 groups (tiny: 192, 6 layers, d_model
+    256, 13 groups; 12.1 M parameters, this one 1.9 M, 63 ms a forward pass at 192 px on one
+    Emerald Rapids core, against 626 ms for tiny at its 640 px)."""
+    from transformers import LwDetrConfig, LwDetrViTConfig
+
+    backbone = LwDetrViTConfig(
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=192,
+        num_windows=4,  # 2x2 windows: input sides a multiple of 32 px (16-px patches)
+        window_block_indices=[0, 2],
+        out_indices=[2, 4],
+    )
+    return LwDetrConfig(
+        backbone_config=backbone,
+        projector_scale_factors=[1.0],  # the default () fails in forward
+        d_model=128,
+        decoder_ffn_dim=512,
+        decoder_layers=3,
+        decoder_self_attention_heads=4,
+        decoder_cross_attention_heads=8,
+        decoder_n_points=2,
+        num_queries=100,
+        group_detr=4,
+        **config_labels(id2label),
+    )
+
+
 def _rtdetr_processor(size: int, imagenet: bool = False) -> Any:
     """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, and no normalisation
     (RT-DETR, D-FINE, DEIMv2's HGNetV2 sizes) or ImageNet mean/std (``imagenet``: DEIMv2's
@@ -234,6 +269,23 @@ def _rfdetr_processor(size: int) -> Any:
     from transformers import RfDetrImageProcessor
 
     return RfDetrImageProcessor(size={"height": size, "width": size}, do_pad=False)
+
+
+def _lwdetr_processor(size: int) -> Any:
+    """LW-DETR's: square bilinear resize, rescale 1/255, ImageNet mean/std, as transformers'
+    converter checks against upstream's ``Resize([640, 640]), ToTensor, Normalize``. transformers
+    5.24 has no ``LwDetrImageProcessor``: its auto mapping names ``DeformableDetrImageProcessor``
+    for ``lw_detr``."""
+    from transformers import DeformableDetrImageProcessor
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return DeformableDetrImageProcessor(
+        size={"height": size, "width": size},
+        do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+        do_pad=False,
+    )
 
 
 _HYBRID_HEADS = ("enc_score_head", "class_embed", "denoising_class_embed")
@@ -303,6 +355,19 @@ FAMILIES: dict[str, Family] = {
             _rf_detr,
             _rfdetr_processor,
             islands=RFDETR_ISLANDS,
+        ),
+        Family(
+            "lw_detr",
+            "LW-DETR",
+            "LwDetrForObjectDetection",
+            "transformers.models.lw_detr.modeling_lw_detr:LwDetrObjectDetectionOutput",
+            ("class_embed", "enc_out_class_embed"),  # RF-DETR's heads (its decoder's origin)
+            # transformers' conversions (model cards name stevenbucaille's port; the config's
+            # docstring names the small one)
+            ("AnnaZhang/lwdetr_tiny_30e_objects365", "AnnaZhang/lwdetr_small_60e_coco"),
+            _lw_detr,
+            _lwdetr_processor,
+            islands=LWDETR_ISLANDS,
         ),
     )
 }

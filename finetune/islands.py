@@ -92,7 +92,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEIMV2_ISLANDS", "DFINE_ISLANDS", "RFDETR_ISLANDS", "RTDETR_ISLANDS", "FloatIslands"]
+__all__ = [
+    "DEIMV2_ISLANDS",
+    "DFINE_ISLANDS",
+    "LWDETR_ISLANDS",
+    "RFDETR_ISLANDS",
+    "RTDETR_ISLANDS",
+    "FloatIslands",
+]
 
 POSTPROCESSOR = "/postprocessor/"  # sigmoid, top-k, label/query split, box scaling, gathers
 
@@ -203,3 +210,6 @@ RFDETR_ISLANDS = FloatIslands(
     int8=("/model/model/enc_output.", "/model/model/decoder/ref_point_head/"),
     int8_pattern=r"/model/model/decoder/layers\.\d+/(cross_attn/value_proj|self_attn)/",
 )
+
+# LW-DETR: RF-DETR's decoder and heads under the same module names (RF-DETR forked it).
+LWDETR_ISLANDS = RFDETR_ISLANDS

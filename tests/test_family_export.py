@@ -224,6 +224,41 @@ def _rf_detr() -> Any:
     return RfDetrForObjectDetection(config)
 
 
+def _lw_detr() -> Any:
+    """LW-DETR's layout (plain ViT, window attention in alternate blocks, one projector
+    level, RF-DETR's decoder), narrowed; its position embeddings are on the 64-px grid, so the
+    other size interpolates them (bicubic, exported as ONNX ``Resize``: no patch needed)."""
+    from transformers import LwDetrConfig, LwDetrForObjectDetection, LwDetrViTConfig
+
+    backbone = LwDetrViTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=IMAGE,
+        pretrain_image_size=IMAGE,
+        patch_size=8,
+        num_windows=4,
+        window_block_indices=[0, 2],
+        out_indices=[2, 4],
+    )
+    config = LwDetrConfig(
+        backbone_config=backbone,
+        projector_scale_factors=[1.0],
+        d_model=32,
+        decoder_ffn_dim=64,
+        decoder_layers=2,
+        decoder_self_attention_heads=2,
+        decoder_cross_attention_heads=2,
+        decoder_n_points=2,
+        num_queries=20,
+        group_detr=2,
+        c2f_num_blocks=1,
+        num_labels=NUM_LABELS,
+    )
+    return LwDetrForObjectDetection(config)
+
+
 FAMILIES: dict[str, Callable[[], Any]] = {
     "rt_detr_v2": lambda: _rt_detr_v2("default"),
     "rt_detr_v2_discrete": lambda: _rt_detr_v2("discrete"),
@@ -233,6 +268,7 @@ FAMILIES: dict[str, Callable[[], Any]] = {
     "deimv2_discrete": lambda: _deimv2("discrete"),  # its own patch entry: tested on its own
     "deimv2_dinov3": _deimv2_dinov3,
     "rf_detr": _rf_detr,
+    "lw_detr": _lw_detr,
 }
 
 

@@ -42,6 +42,7 @@ def _dinov3_config() -> object:
         ("deimv2", "scratch", False),  # HGNetV2: upstream's N/Pico/Femto/Atto, no Normalize
         ("deimv2", "dinov3", True),  # DINOv3: upstream's S/M/L/X, ImageNet mean/std
         ("rf_detr", "scratch", True),  # DINOv2: RfDetrImageProcessor's ImageNet mean/std
+        ("lw_detr", "scratch", True),  # its ViT: ImageNet mean/std, as transformers' converter
     ],
 )
 def test_family_processor_follows_the_backbone(family, config, normalises):

@@ -20,7 +20,7 @@ from finetune.families import FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-VARIANT_FAMILIES = ("rt_detr_v2", "d_fine", "deimv2", "rf_detr")
+VARIANT_FAMILIES = ("rt_detr_v2", "d_fine", "deimv2", "rf_detr", "lw_detr")
 WEIGHTED = ("Conv", "MatMul", "Gemm")
 
 

@@ -22,7 +22,11 @@ from export.verify import TOLERANCES
 
 FP32 = TOLERANCES["fp32"]
 IMAGE = 64
-FAMILIES = ("rt_detr", "rt_detr_v2", "d_fine", "deimv2", "rf_detr")
+FAMILIES = ("rt_detr", "rt_detr_v2", "d_fine", "deimv2", "rf_detr", "lw_detr")
+# Families whose untrained selection scores do not tie: their ViT backbones' layer norms keep
+# the activations from vanishing (measured on these tiny models: the closest pair of the
+# top k+1 is hundreds of float32 ulps apart for RF-DETR, 9553 for LW-DETR).
+UNTIED = ("rf_detr", "lw_detr")
 
 
 def _untrained(family: str) -> Any:
@@ -79,7 +83,7 @@ def test_untrained_export_verifies(untrained_export) -> None:
     family, _, result = untrained_export
     report = result.report
     assert report.passed, report.failures
-    if family != "rf_detr":  # RF-DETR selects per group inside the model: no encoder hook
+    if family not in UNTIED:
         assert report.query_selection_ties == 1.0  # the case this test is about
     # per query, not only as sets: the ties are broken the same way on both sides
     assert report.max_abs_diff.labels_equal_fraction == 1.0
@@ -201,9 +205,9 @@ def test_a_near_tied_selection_verifies_query_for_query(untrained_export, tmp_pa
     backend's rounding may) verifies, every detection matched within 1e-5
     and 0.01 px, with the reference recomputed on the graph's selection. The same graph
     fails when the selection is not read (``selection_ulps=None``): the near-ties are what
-    this test is about. RF-DETR's
-    untrained selection does not tie (a margin of hundreds of ulps): the ramp leaves it as
-    it is, and the check must see an exact top-k there."""
+    this test is about. RF-DETR's and LW-DETR's
+    untrained selections do not tie (``UNTIED``): the ramp leaves them as they are, and the
+    check must see an exact top-k there."""
     from export.openvino_session import openvino_version
     from export.selection import ulp_of
 
@@ -220,7 +224,7 @@ def test_a_near_tied_selection_verifies_query_for_query(untrained_export, tmp_pa
         report = _verify(edited, reference, images, runtime)
         assert report.passed, (family, runtime, report.failures)
         check = report.query_selection
-        if family == "rf_detr":
+        if family in UNTIED:
             assert check.realigned == 0 and check.max_gap_ulps < -4, check
             continue
         assert check.realigned == len(images.images) and check.max_gap_ulps <= 4, check
@@ -228,7 +232,7 @@ def test_a_near_tied_selection_verifies_query_for_query(untrained_export, tmp_pa
             assert detections.agreement == 1.0 and detections.boundary_excluded == 0
             assert detections.max_score_diff < 1e-5 and detections.max_box_diff_px < 1e-2
     unread = _verify(edited, reference, images, selection_ulps=None)
-    assert unread.passed == (family == "rf_detr") and unread.query_selection is None, family
+    assert unread.passed == (family in UNTIED) and unread.query_selection is None, family
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ ONNX Runtime 1.32 (CPU), comparing raw outputs (``logits``, ``pred_boxes``) per 
   at ``aten::_upsample_bicubic2d_aa``.
 * ``rt_detr_v2``, ``d_fine`` and ``deimv2`` with ``decoder_method="discrete"`` need one
   (:func:`_discrete_sampling_grid`): their graphs were right at the trace size only.
-* ``deimv2`` with a DINOv3 backbone needs one (:func:`_deimv2_dinov3_sizes`): its graph ran
-  at the trace size only.
+* ``deimv2`` with a DINOv3 backbone needs two (:mod:`export.dinov3_fixes`): its graph ran
+  at the trace size only, and OpenVINO could not load it where the ViT has no register tokens
+  (DEIMv2-S and -M: an ``Expand`` of the empty register-token tensor).
 * With the default decoder method, ``d_fine`` and ``deimv2`` (HGNetV2) need none. The reported
   divergence (raw logits off by 3.06 / 4.06, boxes by 0.98, on the very trace input) comes from
   ties, not from the graph, and RT-DETRv2's default config shows it too (logits 0.71, boxes
@@ -36,10 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from export.dinov3_fixes import deimv2_dinov3_patches
+from export.patching import per_instance, swapped, swapped_on_instances, together
 
 __all__ = ["PATCHED_MODEL_TYPES", "antialiased_bicubic_weights", "export_patches"]
 
@@ -127,7 +131,7 @@ def _rf_detr_position_embeddings(model: Any) -> contextlib.AbstractContextManage
 
         return interpolate_pos_encoding
 
-    return _per_instance(embeddings_modules, "interpolate_pos_encoding", patched)
+    return per_instance(embeddings_modules, "interpolate_pos_encoding", patched)
 
 
 def _discrete_deformable_attention(
@@ -221,125 +225,20 @@ def _discrete_sampling_grid(model: Any) -> contextlib.AbstractContextManager[Non
         # RT-DETRv2 calls the module-level function by name: swapped there for the export.
         from transformers.models.rt_detr_v2 import modeling_rt_detr_v2
 
-        return _swapped(modeling_rt_detr_v2, "multi_scale_deformable_attention_v2")
+        return swapped(
+            modeling_rt_detr_v2,
+            "multi_scale_deformable_attention_v2",
+            _discrete_deformable_attention,
+        )
     # D-FINE and DEIMv2 hold the function per attention module, as ``ms_deformable_attn_core``.
-    return _swapped_on_instances(model, "ms_deformable_attn_core")
-
-
-@contextlib.contextmanager
-def _swapped(namespace: Any, name: str) -> Iterator[None]:
-    """``namespace.name`` is the traceable deformable attention inside the context."""
-    original = getattr(namespace, name)
-    setattr(namespace, name, _discrete_deformable_attention)
-    try:
-        yield
-    finally:
-        setattr(namespace, name, original)
-
-
-@contextlib.contextmanager
-def _swapped_on_instances(model: Any, name: str) -> Iterator[None]:
-    """Every submodule's ``name`` attribute is the traceable deformable attention inside."""
-    originals = [(m, getattr(m, name)) for m in model.modules() if hasattr(m, name)]
-    for module, _ in originals:
-        setattr(module, name, _discrete_deformable_attention)
-    try:
-        yield
-    finally:
-        for module, original in originals:
-            setattr(module, name, original)
-
-
-def _scaled_patches(patches: Any, exponent: int) -> Any:
-    """``int(patches * 2**exponent)`` in integer arithmetic, so that a traced size stays a
-    traced size (``int()`` of it would be recorded as the trace size's constant)."""
-    return patches * 2**exponent if exponent >= 0 else patches // 2**-exponent
-
-
-def _deimv2_dinov3_sizes(model: Any) -> contextlib.AbstractContextManager[None]:
-    """DEIMv2 with a DINOv3 backbone (the S/M/L/X layout): the semantic feature maps are
-    resized to sizes that follow the input instead of the trace size's.
-
-    What is wrong: ``Deimv2DINOv3ConvEncoder.forward`` computes each resize target as
-    ``int(height_patches * 2 ** (num_scales - 2 - i))``; ``int()`` of a traced size is recorded
-    as a constant. Measured on a small DEIMv2/DINOv3 traced at 64 px: right at 64 px (logits
-    within 1e-5), and at 96x128 px ONNX Runtime stops with "Concat ... Non concat axis
-    dimensions must match".
-
-    The fix: the same forward with the target sizes in integer arithmetic
-    (:func:`_scaled_patches`: ``n * 2**k`` or ``n // 2**-k``, equal to ``int(n * 2**k)`` for
-    the non-negative sizes here), so the graph keeps them symbolic. Nothing else changes.
-    After it the same model is within 9e-6 (logits) and 2.4e-7 (boxes) at 96x128 px too.
-    """
-    import torch.nn.functional as F
-    from transformers.models.deimv2.modeling_deimv2 import Deimv2DINOv3ConvEncoder
-
-    encoders = [m for m in model.modules() if isinstance(m, Deimv2DINOv3ConvEncoder)]
-
-    def patched(module: Deimv2DINOv3ConvEncoder) -> Callable[..., list[torch.Tensor]]:
-        def forward(pixel_values: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
-            feature_maps = module.backbone(pixel_values, **kwargs).feature_maps
-            patch_size = module.backbone.config.patch_size
-            height_patches = pixel_values.shape[2] // patch_size
-            width_patches = pixel_values.shape[3] // patch_size
-            num_scales = len(feature_maps)
-            semantic_features = []
-            for i, feature in enumerate(feature_maps):
-                size = [
-                    _scaled_patches(height_patches, num_scales - 2 - i),
-                    _scaled_patches(width_patches, num_scales - 2 - i),
-                ]
-                semantic_features.append(
-                    F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
-                )
-            detail_features = module.spatial_tuning_adapter(pixel_values)
-            return [
-                module.fusion_proj[i](torch.cat([semantic.to(detail.device), detail], dim=1))
-                for i, (semantic, detail) in enumerate(
-                    zip(semantic_features, detail_features, strict=False)
-                )
-            ]
-
-        return forward
-
-    return _per_instance(encoders, "forward", patched)
-
-
-@contextlib.contextmanager
-def _per_instance(
-    modules: list[Any], name: str, make: Callable[[Any], Callable[..., Any]]
-) -> Iterator[None]:
-    """Set ``module.<name> = make(module)`` on each instance while tracing; deleting the
-    instance attribute afterwards makes the class's own method visible again."""
-    for module in modules:
-        setattr(module, name, make(module))
-    try:
-        yield
-    finally:
-        for module in modules:
-            delattr(module, name)
-
-
-def _together(
-    *factories: Callable[[Any], contextlib.AbstractContextManager[None]],
-) -> Callable[[Any], contextlib.AbstractContextManager[None]]:
-    """One patch factory entering each of ``factories`` (each decides whether it applies)."""
-
-    @contextlib.contextmanager
-    def combined(model: Any) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for factory in factories:
-                stack.enter_context(factory(model))
-            yield
-
-    return combined
+    return swapped_on_instances(model, "ms_deformable_attn_core", _discrete_deformable_attention)
 
 
 # model_type -> patch factory; RT-DETR (v1) is measured to export exactly without one.
 _PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "rt_detr_v2": _discrete_sampling_grid,
     "d_fine": _discrete_sampling_grid,
-    "deimv2": _together(_discrete_sampling_grid, _deimv2_dinov3_sizes),
+    "deimv2": together(_discrete_sampling_grid, deimv2_dinov3_patches),
     "rf_detr": _rf_detr_position_embeddings,
 }
 PATCHED_MODEL_TYPES = tuple(_PATCHES)

@@ -16,11 +16,12 @@ TWO = {0: "circle", 1: "square"}
 
 
 @pytest.mark.unit
-def test_the_five_families_and_a_clear_error_for_others():
-    assert list(FAMILIES) == ["rt_detr", "rt_detr_v2", "d_fine", "deimv2", "rf_detr"]
+def test_the_six_families_and_a_clear_error_for_others():
+    families = ["rt_detr", "rt_detr_v2", "d_fine", "deimv2", "rf_detr", "lw_detr"]
+    assert list(FAMILIES) == families
     assert family_of("d_fine").title == "D-FINE"
-    with pytest.raises(UnknownFamilyError, match=r"'lw_detr' is not a supported.*rt_detr, "):
-        family_of("lw_detr")
+    with pytest.raises(UnknownFamilyError, match=r"'detr' is not a supported.*rt_detr, "):
+        family_of("detr")
 
 
 @pytest.mark.unit

@@ -7,24 +7,35 @@ and the post-processing are left out, so the figure is a slight undercount. Quan
 are counted on their fp32 source (the same arithmetic, in int8).
 
 The peaks are measured, not looked up (a theoretical ISA x clock bound needs the sustained
-clock, which a VM does not reliably expose): ``peak_kernels`` gives the fastest GEMM of each
-precision on 2048x2048 matrices at the benchmark's thread count, fp32 ``torch.mm``
-(oneDNN/MKL sgemm) and int8 ``torch._int_mm`` (s8 x s8 -> s32) and ONNX Runtime
-``MatMulInteger`` (u8 x s8 -> s32, MLAS: the kernel family its int8 QDQ graphs run), and
-``bench.test_real_sizes`` times them in the SAME interleaved rounds as the rows, so that a
-slow spell of a shared machine lands on the peak as on the rows. The peak is the best round
-after warm-up (``peak_gflops``); a row's rate is its p50, so a correct row cannot exceed its
-peak. A row that does is a wrong measurement: ``percent_of_peak`` refuses it
-(:class:`ImpossibleFigure`) rather than print it. Why: one run printed fp32 rows at 109-122%
-of a peak measured once, alone, after the rows (147 GFLOP/s there, 185-194 before), and int8
-rows as a % of the fp32 peak (178-303%). An int8 row is divided by the int8 peak (its float
-parts run slower than that, so it reads low).
+clock, which a VM does not reliably expose): ``peak_kernels`` gives the GEMMs of each precision
+at the benchmark's thread count, fp32 ``torch.mm`` (oneDNN/MKL sgemm) and int8
+``torch._int_mm`` (s8 x s8 -> s32) and ONNX Runtime ``MatMulInteger`` (u8 x s8 -> s32, MLAS:
+the kernel family its int8 QDQ graphs run), each at the sides of ``PEAK_SIZES``, and
+``bench.test_real_sizes`` runs them in the SAME interleaved rounds as the rows, so that a slow
+spell of a shared machine lands on the peak as on the rows. Each round runs each GEMM several
+times and times every GEMM by itself (``PeakKernel.call``), with the rows' clock
+(``time.perf_counter`` around one call); the peak is the best single GEMM of the fastest
+kernel (``peak_gflops``). A row's rate is its p50, so a correct row cannot exceed its peak. A
+row that does is a wrong measurement: ``percent_of_peak`` refuses it (:class:`ImpossibleFigure`)
+rather than print it.
+
+Why short GEMMs timed one by one: the peak was one 2048² GEMM per round, best of 3 rounds
+(~0.1 s idle). Under time-slicing (load 15 on 2 cores) every such call was preempted while a
+tiny row of a few ms ran inside one slice: a row came out at 52 GFLOP/s against a "peak" of
+31. Measured here (Intel Xeon Emerald Rapids, 2 threads, load 8-9), best single call: 2048²
+25 GFLOP/s, 1024² 17, 512² 218, 256² 271; a GEMM as short as a row gets the same chances of
+an undisturbed slice as the row (``tests/test_bench_flops.py`` simulates it). Earlier: fp32
+rows at 109-122% of a peak measured once, alone, after the rows (147 GFLOP/s there, 185-194
+before), and int8 rows as a % of the fp32 peak (178-303%). An int8 row is divided by the int8
+peak (its float parts run slower than that, so it reads low).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +51,10 @@ __all__ = [
     "percent_of_peak",
 ]
 
-PEAK_SIZE = 2048  # square GEMM: large enough to run at the kernel's full rate
+# Square GEMM side -> GEMMs per round, each timed alone: 256² is 0.12 ms and 1024² ~10 ms at
+# 2 threads idle, shorter than a scheduler slice or a tiny row; 1024² for a large kernel's rate
+# (~6 GFLOP per round and precision, a third of the former single 2048² GEMM).
+PEAK_SIZES = {256: 32, 512: 8, 1024: 2}
 
 
 def _shape(shapes: dict[str, list[int]], name: str) -> list[int] | None:
@@ -137,36 +151,56 @@ class ImpossibleFigure(ValueError):
 
 @dataclass(frozen=True)
 class PeakKernel:
-    """One GEMM whose best throughput bounds a precision: ``call()`` does ``flops`` FLOPs."""
+    """One GEMM whose best throughput bounds a precision: ``gemm()`` does ``flops`` FLOPs.
+    ``call()`` (what the interleaved rounds run) does it ``repeats`` times and appends each
+    one's seconds to ``samples`` (see the module docstring)."""
 
     key: str
     precision: str  # "fp32" or "int8"
     label: str
     flops: float
-    call: Callable[[], object]
+    gemm: Callable[[], object]
+    repeats: int = 1
+    samples: list[float] = field(default_factory=list, compare=False, repr=False)
+
+    def call(self) -> object:
+        """Run the GEMM ``repeats`` times, each timed alone; the last product."""
+        product = None
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            product = self.gemm()
+            self.samples.append(time.perf_counter() - start)
+        return product
 
 
-def _torch_kernels(size: int) -> list[PeakKernel]:
+def _torch_kernels(sizes: dict[int, int]) -> list[PeakKernel]:
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    a, b = torch.rand(size, size, generator=generator), torch.rand(size, size, generator=generator)
-    flops = 2.0 * size**3
-    kernels = [PeakKernel("peak-fp32-torch", "fp32", f"torch.mm fp32 {size}²", flops,
-                          lambda: torch.mm(a, b))]  # fmt: skip
-    qa = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
-    qb = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
+    kernels = []
+    for size, repeats in sizes.items():
+        a, b = (torch.rand(size, size, generator=generator) for _ in range(2))
+        label = f"torch.mm fp32 {size}²"
+        gemm = partial(torch.mm, a, b)
+        kernels.append(
+            PeakKernel(f"peak-fp32-torch-{size}", "fp32", label, 2.0 * size**3, gemm, repeats)
+        )
     try:
-        torch._int_mm(qa[:32, :32], qb[:32, :32])
+        torch._int_mm(*(torch.zeros(32, 32, dtype=torch.int8) for _ in range(2)))
     except (RuntimeError, AttributeError, NotImplementedError):
         return kernels  # no int8 GEMM in this torch build on this device
-    label = f"torch._int_mm s8s8 {size}²"
-    kernels.append(PeakKernel("peak-int8-torch", "int8", label, flops,
-                              lambda: torch._int_mm(qa, qb)))  # fmt: skip
+    for size, repeats in sizes.items():
+        qa, qb = (torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
+                  for _ in range(2))  # fmt: skip
+        label = f"torch._int_mm s8s8 {size}²"
+        gemm = partial(torch._int_mm, qa, qb)
+        kernels.append(
+            PeakKernel(f"peak-int8-torch-{size}", "int8", label, 2.0 * size**3, gemm, repeats)
+        )
     return kernels
 
 
-def _onnxruntime_kernel(size: int, threads: int) -> PeakKernel:
+def _onnxruntime_kernel(size: int, repeats: int, threads: int) -> PeakKernel:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -188,36 +222,42 @@ def _onnxruntime_kernel(size: int, threads: int) -> PeakKernel:
     feed = {"A": rng.integers(0, 256, (size, size), dtype=np.uint8),
             "B": rng.integers(-128, 128, (size, size), dtype=np.int8)}  # fmt: skip
     label = f"onnxruntime MatMulInteger u8s8 {size}²"
-    return PeakKernel("peak-int8-onnxruntime", "int8", label, 2.0 * size**3,
-                      lambda: session.run(None, feed))  # fmt: skip
+    return PeakKernel(f"peak-int8-onnxruntime-{size}", "int8", label, 2.0 * size**3,
+                      lambda: session.run(None, feed), repeats)  # fmt: skip
 
 
 def peak_kernels(
-    threads: int, size: int = PEAK_SIZE, precisions: Collection[str] = ("fp32", "int8")
+    threads: int,
+    sizes: dict[int, int] | None = None,
+    precisions: Collection[str] = ("fp32", "int8"),
 ) -> dict[str, PeakKernel]:
-    """The GEMMs timed beside the rows (see the module docstring), by key, for the
-    ``precisions`` some row has (``--fast`` has no int8 real-size row: its two int8 GEMMs
-    would be 2/3 of the peaks' time for nothing). torch runs at ``torch.get_num_threads()``
-    (the suite sets it to ``--threads``), ONNX Runtime at ``threads`` (spinning off, as the
-    rows)."""
-    kernels = _torch_kernels(size)
+    """The GEMMs timed beside the rows (see the module docstring), by key, at the sides and
+    repeats of ``sizes`` (default ``PEAK_SIZES``), for the ``precisions`` some row has
+    (``--fast`` has no int8 real-size row: its int8 GEMMs would be 2/3 of the peaks' time for
+    nothing). torch runs at ``torch.get_num_threads()`` (the suite sets it to ``--threads``),
+    ONNX Runtime at ``threads`` (spinning off, as the rows)."""
+    sizes = PEAK_SIZES if sizes is None else sizes
+    kernels = _torch_kernels(sizes)
     if "int8" in precisions:
-        kernels.append(_onnxruntime_kernel(size, threads))
+        kernels += [_onnxruntime_kernel(size, n, threads) for size, n in sizes.items()]
     return {kernel.key: kernel for kernel in kernels if kernel.precision in precisions}
 
 
 def peak_gflops(
-    kernels: dict[str, PeakKernel], times: dict[str, Sequence[float]]
+    kernels: dict[str, PeakKernel], times: object = None
 ) -> dict[str, tuple[float, str]]:
-    """Per precision, the best throughput (GFLOP/s or GOP/s) over its kernels' timed rounds
-    (after warm-up) and the kernel that reached it."""
+    """Per precision, the best throughput (GFLOP/s or GOP/s) of any single GEMM its kernels
+    timed (``PeakKernel.samples``) and the kernel that reached it, with how many GEMMs it
+    timed. ``times`` (the rounds' timings of each ``call``, several GEMMs each) is accepted
+    for callers that pass it and not used."""
     best: dict[str, tuple[float, str]] = {}
-    for key, kernel in kernels.items():
-        if not times.get(key):
+    for kernel in kernels.values():
+        if not kernel.samples:
             continue
-        rate = kernel.flops / min(times[key]) / 1e9
+        rate = kernel.flops / min(kernel.samples) / 1e9
         if rate > best.get(kernel.precision, (0.0, ""))[0]:
-            best[kernel.precision] = (rate, kernel.label)
+            label = f"{kernel.label}, best of {len(kernel.samples)} GEMMs timed one by one"
+            best[kernel.precision] = (rate, label)
     return best
 
 

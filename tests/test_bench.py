@@ -166,33 +166,6 @@ def test_interleaved_rounds_rotate_the_order() -> None:
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
 
 
-def test_graph_flops_count_conv_and_matmul(tmp_path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from bench.flops import graph_gflops
-
-    weight = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")  # 8 out, 3x3
-    matrix = numpy_helper.from_array(np.zeros((8, 5), np.float32), "m")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),  # 8x16x16 out
-            helper.make_node("Transpose", ["y"], ["t"], perm=[0, 2, 3, 1]),  # N,16,16,8
-            helper.make_node("MatMul", ["t", "m"], ["z"]),  # N,16,16,5
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-        [weight, matrix],
-    )
-    path = tmp_path / "g.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    conv = 2 * (8 * 16 * 16) * (3 * 3 * 3)
-    matmul = 2 * (16 * 16 * 5) * 8
-    assert graph_gflops(path) * 1e9 == pytest.approx(conv + matmul)
-    assert graph_gflops(path, batch=2) * 1e9 == pytest.approx(2 * (conv + matmul))
-
-
 # Parameters (millions) the authors publish: RT-DETR paper (R18 20, R50 42); RT-DETRv2 README
 # (S 20, M 36); D-FINE README (N 4, S 10, M 19); DEIMv2 README (S 9.71); RF-DETR README
 # (N 30.5, S 32.1). The rebuilt configs must land within 5%.
@@ -394,56 +367,6 @@ def test_paper_claim_ignores_rows_that_failed_the_accuracy_gates() -> None:
     text = render_markdown(results)
     assert "| openvino | int8 | passed | 100 (100-100) | 10.00 | — | 100 | — | 3 |" in text
     assert "| onnx | int8 | FAILED: agreement 0.5 < 0.9 | not run | — | — | — | — | 0 |" in text
-
-
-def test_percent_of_peak_refuses_a_figure_above_100() -> None:
-    from bench.flops import ImpossibleFigure, percent_of_peak
-
-    assert percent_of_peak(50.0, 200.0) == pytest.approx(25.0)
-    assert percent_of_peak(200.0, 200.0) == pytest.approx(100.0)
-    with pytest.raises(ImpossibleFigure, match="110% of the measured peak 200"):
-        percent_of_peak(220.0, 200.0)
-    with pytest.raises(ImpossibleFigure):
-        percent_of_peak(10.0, 0.0)  # no peak measured: no percentage either
-
-
-def test_peak_is_the_best_round_of_the_fastest_kernel_per_precision() -> None:
-    from bench.flops import PeakKernel, peak_gflops
-
-    def kernel(key: str, precision: str) -> PeakKernel:
-        return PeakKernel(key, precision, key, 2e9, lambda: None)
-
-    kernels = {k: kernel(k, p) for k, p in (("f", "fp32"), ("i1", "int8"), ("i2", "int8"))}
-    times = {"f": [0.04, 0.02, 0.05], "i1": [0.01, 0.02], "i2": [0.004, 0.009], "row": [1.0]}
-    peaks = peak_gflops(kernels, times)
-    assert peaks == {"fp32": (pytest.approx(100.0), "f"), "int8": (pytest.approx(500.0), "i2")}
-
-
-def test_peak_kernels_compute_the_gemm_they_are_credited_with() -> None:
-    import torch
-
-    from bench.flops import peak_kernels
-
-    kernels = peak_kernels(threads=1, size=64)
-    assert {k.precision for k in kernels.values()} == {"fp32", "int8"}
-    assert all(k.flops == 2 * 64**3 for k in kernels.values())
-    (product,) = kernels["peak-int8-onnxruntime"].call()
-    assert product.shape == (64, 64) and product.dtype == np.int32
-    assert tuple(kernels["peak-fp32-torch"].call().shape) == (64, 64)
-    if "peak-int8-torch" in kernels:
-        assert kernels["peak-int8-torch"].call().dtype == torch.int32
-    # --fast's real sizes have fp32 rows only: no int8 GEMM is built or timed for them
-    fp32_only = peak_kernels(threads=1, size=64, precisions={"fp32"})
-    assert list(fp32_only) == ["peak-fp32-torch"]
-
-
-def test_a_row_is_divided_by_the_peak_of_its_own_precision() -> None:
-    from bench.flops import peak_of
-
-    peaks = {"fp32": (200.0, "torch.mm"), "int8": (800.0, "MatMulInteger")}
-    assert peak_of("int8", peaks) == (800.0, "MatMulInteger")
-    assert peak_of("fp32", peaks) == (200.0, "torch.mm")
-    assert peak_of("int8", {"fp32": (200.0, "torch.mm")}) == (None, None)  # never fp32's
 
 
 def _real_size_row(results: Results, backend: str, precision: str, ms: float, peak: float):

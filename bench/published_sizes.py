@@ -267,6 +267,36 @@ def _rf_detr(image_size: int, decoder_layers: int) -> Any:
     )
 
 
+def _lw_detr(small: bool) -> Any:
+    """LW-DETR-tiny/small at 640 px: a plain ViT (width 192, 12 heads, patch 16, 4x4 windows)
+    and one projector level under RF-DETR's decoder (d_model 256, 3 layers, 8 self- and 16
+    cross-attention heads, 2 points); tiny: 6 layers (windows in blocks 0/2/4, features after
+    1/3/5), 100 queries; small: 10 layers (windows 0/1/3/6/7/9, features 2/4/5/9), 300 queries.
+    Source: transformers' ``convert_lw_detr_to_hf.py`` (``BACKBONE_CONFIGS``/``MODEL_CONFIGS``
+    ``tiny``/``small``, which it checks against Atten4Vis/LW-DETR's checkpoints)."""
+    from transformers import LwDetrConfig, LwDetrViTConfig
+
+    backbone = LwDetrViTConfig(
+        image_size=1024,
+        hidden_size=192,
+        num_hidden_layers=10 if small else 6,
+        num_attention_heads=12,
+        window_block_indices=[0, 1, 3, 6, 7, 9] if small else [0, 2, 4],
+        out_indices=[2, 4, 5, 9] if small else [1, 3, 5],
+    )
+    return LwDetrConfig(
+        backbone_config=backbone,
+        projector_scale_factors=[1.0],
+        num_queries=300 if small else 100,
+        decoder_layers=3,
+        decoder_self_attention_heads=8,
+        decoder_cross_attention_heads=16,
+        decoder_n_points=2,
+        d_model=256,
+        **_labels(),
+    )
+
+
 SIZES: dict[str, PublishedSize] = {
     size.key: size
     for size in (
@@ -280,6 +310,8 @@ SIZES: dict[str, PublishedSize] = {
         PublishedSize("deimv2-s", "deimv2", "DEIMv2-S", 640, _deimv2_s),
         PublishedSize("rf_detr-n", "rf_detr", "RF-DETR-N", 384, lambda: _rf_detr(384, 2)),
         PublishedSize("rf_detr-s", "rf_detr", "RF-DETR-S", 512, lambda: _rf_detr(512, 3)),
+        PublishedSize("lw_detr-t", "lw_detr", "LW-DETR-tiny", 640, lambda: _lw_detr(False)),
+        PublishedSize("lw_detr-s", "lw_detr", "LW-DETR-small", 640, lambda: _lw_detr(True)),
     )
 }
 

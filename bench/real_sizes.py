@@ -103,15 +103,53 @@ def generated_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
+def _frozen_norms(model: Any) -> list[Any]:
+    """The model's frozen batch norms: modules whose ``weight``, ``bias``, ``running_mean``
+    and ``running_var`` are all buffers (transformers' ``*FrozenBatchNorm2d``, which replaces
+    the backbone's batch norms when ``config.freeze_backbone_batch_norms``, the published
+    sizes' default). Train mode does not update them."""
+    names = ("weight", "bias", "running_mean", "running_var")
+    found = []
+    for module in model.modules():
+        buffers = dict(module.named_buffers(recurse=False))
+        if all(isinstance(buffers.get(name), torch.Tensor) for name in names):
+            found.append(module)  # a torch BatchNorm's weight and bias are parameters
+    return found
+
+
+def _settle_frozen(module: Any, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: set a frozen batch norm's statistics to its input's, per channel."""
+    features = args[0].detach()
+    dims = [0, *range(2, features.dim())]
+    module.running_mean.copy_(features.mean(dim=dims))
+    module.running_var.copy_(features.var(dim=dims, unbiased=False))
+
+
 def settle(model: Any, pixel_values: torch.Tensor) -> None:
-    """PyTorch's default init for every Conv2d/Linear, then batch norms set to the batch
-    statistics of ``pixel_values`` (one train-mode forward, cumulative average), then eval.
+    """PyTorch's default init for every Conv2d/Linear, then every batch norm, frozen ones
+    included, set to the batch statistics of ``pixel_values`` (one train-mode forward,
+    cumulative average; a frozen one's set by a pre-hook in that forward, layer after
+    layer), then eval.
 
     Why: with transformers' std-0.01 init the activations shrink layer after layer and the
     encoder's query-selection scores tie (measured: 2 distinct values of 8400 in D-FINE at
     640 px), so detections depend on how each runtime breaks ties. Settled, they do not, and
     export's parity check means something. Latency is unchanged: batch norms fold into the
     convolutions in every runtime whatever their statistics.
+
+    Why the frozen ones too: left at their init (mean 0, var 1: the identity) they do not
+    normalise, and HGNetV2 has no residual path to carry the signal, so D-FINE-M's backbone
+    output decayed to std 2.5e-7 (0.21 after the stem, about x0.05 per stage) while the
+    encoder's input projections ran in batch norm's eps-dominated regime (running_var 1e-10
+    to 3e-15 against eps 1e-5). The encoder's attention then returned its value bias, the
+    same vector at every position, and the lateral convolution's batch norm, settled on a
+    near-constant input, scaled the position-dependent part (1e-4 of it) back to 1: fp32's
+    rounding of the constant came out amplified, the relative fp32-vs-fp64 error jumping from
+    2e-7 after the attention to 5e-4 after that layer and 2e-3 at the selection scores
+    (PyTorch fp32 0.013 from fp64 there, 55,000 ulps), so no runtime's fp32 could match
+    PyTorch's fp32 to the gate's 1024 ulps. Settled, a random model is conditioned as a
+    trained one, whose frozen norms hold its training statistics (docs/families.md has the
+    numbers per size before and after).
     """
     with torch.no_grad():
         for module in model.modules():
@@ -120,8 +158,13 @@ def settle(model: Any, pixel_values: torch.Tensor) -> None:
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.reset_running_stats()
                 module.momentum = None
-        model.train()
-        model(pixel_values=pixel_values)
+        hooks = [m.register_forward_pre_hook(_settle_frozen) for m in _frozen_norms(model)]
+        try:
+            model.train()
+            model(pixel_values=pixel_values)
+        finally:
+            for hook in hooks:
+                hook.remove()
     model.eval()
 
 
@@ -150,7 +193,7 @@ def _cache_key(size: PublishedSize) -> str:
             "toolkit": toolkit_version(),
             "image_size": size.image_size,
             "opset": OPSET,
-            "settled": 1,  # bump when build_model's weights change
+            "settled": 2,  # bump when build_model's weights change (2: frozen norms settled)
         },
         sort_keys=True,
         default=str,

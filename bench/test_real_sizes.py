@@ -40,11 +40,12 @@ from bench.flops import (
     peak_of,
     percent_of_peak,
 )
-from bench.published_sizes import PublishedSize, size_of
+from bench.published_sizes import PublishedSize, size_of, tiny
 from bench.real_sizes import (
     FAST_ROUNDS,
     ROUNDS,
     WARMUP,
+    _frozen_norms,
     build_model,
     cached_int8,
     cached_onnx,
@@ -52,6 +53,7 @@ from bench.real_sizes import (
     interleaved,
     processor_of,
     random_feed,
+    settle,
 )
 from bench.report import MODEL, Latency, Results
 from bench.settings import BenchOptions
@@ -181,3 +183,54 @@ def test_real_size_latency(
     assert not impossible, "rows above their measured peak:\n" + "\n".join(impossible)
     fp32_gate = rows.gates["onnx-fp32"]
     assert fp32_gate.passed, f"{size.label}, ONNX Runtime fp32: {fp32_gate.describe()}"
+
+
+@pytest.mark.model
+def test_settle_normalises_the_frozen_batch_norms() -> None:
+    """settle sets frozen batch norms (transformers' ``*FrozenBatchNorm2d``, the published
+    sizes' backbones) to the settling images' statistics, as it sets the others: left at the
+    identity, D-FINE-M's backbone output decayed to std 2.5e-7 and its fp32 selection scores
+    were 55,000 ulps from fp64 (bench/real_sizes.settle). A tiny D-FINE with frozen backbone
+    norms, 64 px: every frozen norm's output has per-channel mean 0 and variance 1 on the
+    settling images (channels with variance above eps), and the backbone's output does not
+    vanish."""
+    import torch
+
+    from finetune.families import family_of
+    from finetune.pixels import pixel_values
+
+    size = tiny("d_fine")
+    config = size.config()
+    config.freeze_backbone_batch_norms = True
+    torch.manual_seed(0)
+    model = family_of(config).model(config)
+    frozen = _frozen_norms(model)
+    assert len(frozen) >= 10, [type(m).__name__ for m in frozen]
+    pixels = pixel_values(processor_of(size), generated_images(2, 64, seed=3))
+    settle(model, pixels)
+    inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        inputs[id(module)], outputs[id(module)] = args[0], output
+
+    def keep_deepest(module: Any, args: tuple[Any, ...]) -> None:
+        inputs[0] = args[0]  # the backbone's deepest feature map
+
+    hooks = [m.register_forward_hook(keep) for m in frozen]
+    hooks.append(model.model.encoder_input_proj[-1].register_forward_pre_hook(keep_deepest))
+    with torch.no_grad():
+        model(pixel_values=pixels)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == len(frozen)
+    for module in frozen:
+        out, seen = outputs[id(module)], inputs[id(module)].var(dim=(0, 2, 3), unbiased=False)
+        live = seen > 1e-3  # eps 1e-5 dominates below; a constant channel stays constant
+        assert live.float().mean() > 0.9
+        torch.testing.assert_close(
+            out.mean(dim=(0, 2, 3)), torch.zeros_like(seen), atol=1e-4, rtol=0
+        )
+        variance = out.var(dim=(0, 2, 3), unbiased=False)[live]
+        torch.testing.assert_close(variance, torch.ones_like(variance), atol=2e-2, rtol=0)
+    assert float(inputs[0].std()) > 0.1

@@ -247,21 +247,27 @@ def _lw_detr(id2label: dict[int, str]) -> Any:
     )
 
 
-def _rtdetr_processor(size: int, imagenet: bool = False) -> Any:
-    """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, and no normalisation
-    (RT-DETR, D-FINE, DEIMv2's HGNetV2 sizes) or ImageNet mean/std (``imagenet``: DEIMv2's
-    DINOv3 sizes S/M/L/X), as upstream's configs and transformers' converters (sources:
-    docs/families.md, "Preprocessing per family")."""
-    from transformers import RTDetrImageProcessor
+def _square_processor(name: str, size: int, imagenet: bool) -> Any:
+    """transformers' image processor ``name`` for a square bilinear resize to ``size``,
+    rescale 1/255, no padding, and ImageNet mean/std if ``imagenet``."""
+    import transformers
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    return RTDetrImageProcessor(
+    return getattr(transformers, name)(
         size={"height": size, "width": size},
         do_normalize=imagenet,
         image_mean=list(IMAGENET_DEFAULT_MEAN),
         image_std=list(IMAGENET_DEFAULT_STD),
         do_pad=False,
     )
+
+
+def _rtdetr_processor(size: int, imagenet: bool = False) -> Any:
+    """RT-DETR's preprocessing: square bilinear resize, rescale 1/255, and no normalisation
+    (RT-DETR, D-FINE, DEIMv2's HGNetV2 sizes) or ImageNet mean/std (``imagenet``: DEIMv2's
+    DINOv3 sizes S/M/L/X), as upstream's configs and transformers' converters (sources:
+    docs/families.md, "Preprocessing per family")."""
+    return _square_processor("RTDetrImageProcessor", size, imagenet)
 
 
 def _rfdetr_processor(size: int) -> Any:
@@ -276,16 +282,7 @@ def _lwdetr_processor(size: int) -> Any:
     converter checks against upstream's ``Resize([640, 640]), ToTensor, Normalize``. transformers
     5.24 has no ``LwDetrImageProcessor``: its auto mapping names ``DeformableDetrImageProcessor``
     for ``lw_detr``."""
-    from transformers import DeformableDetrImageProcessor
-    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    return DeformableDetrImageProcessor(
-        size={"height": size, "width": size},
-        do_normalize=True,
-        image_mean=list(IMAGENET_DEFAULT_MEAN),
-        image_std=list(IMAGENET_DEFAULT_STD),
-        do_pad=False,
-    )
+    return _square_processor("DeformableDetrImageProcessor", size, imagenet=True)
 
 
 _HYBRID_HEADS = ("enc_score_head", "class_embed", "denoising_class_embed")

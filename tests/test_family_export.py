@@ -192,6 +192,21 @@ def _deimv2_dinov3() -> Any:
     return Deimv2ForObjectDetection(Deimv2Config(**config))
 
 
+# RF-DETR's and LW-DETR's shared decoder, projector and heads (RF-DETR forked LW-DETR's)
+_TINY_GROUP_DETR = {
+    "d_model": 32,
+    "decoder_ffn_dim": 64,
+    "decoder_layers": 2,
+    "decoder_self_attention_heads": 2,
+    "decoder_cross_attention_heads": 2,
+    "decoder_n_points": 2,
+    "num_queries": 20,
+    "group_detr": 2,
+    "c2f_num_blocks": 1,
+    "num_labels": NUM_LABELS,
+}
+
+
 def _rf_detr() -> Any:
     from transformers import RfDetrConfig, RfDetrDinov2Config, RfDetrForObjectDetection
 
@@ -207,20 +222,7 @@ def _rf_detr() -> Any:
         out_features=["stage2", "stage4"],
         num_register_tokens=0,
     )
-    config = RfDetrConfig(
-        backbone_config=backbone,
-        d_model=32,
-        decoder_ffn_dim=64,
-        decoder_layers=2,
-        decoder_self_attention_heads=2,
-        decoder_cross_attention_heads=2,
-        decoder_n_points=2,
-        num_queries=20,
-        group_detr=2,
-        c2f_num_blocks=1,
-        dropout=0.0,
-        num_labels=NUM_LABELS,
-    )
+    config = RfDetrConfig(backbone_config=backbone, dropout=0.0, **_TINY_GROUP_DETR)
     return RfDetrForObjectDetection(config)
 
 
@@ -243,18 +245,7 @@ def _lw_detr() -> Any:
         out_indices=[2, 4],
     )
     config = LwDetrConfig(
-        backbone_config=backbone,
-        projector_scale_factors=[1.0],
-        d_model=32,
-        decoder_ffn_dim=64,
-        decoder_layers=2,
-        decoder_self_attention_heads=2,
-        decoder_cross_attention_heads=2,
-        decoder_n_points=2,
-        num_queries=20,
-        group_detr=2,
-        c2f_num_blocks=1,
-        num_labels=NUM_LABELS,
+        backbone_config=backbone, projector_scale_factors=[1.0], **_TINY_GROUP_DETR
     )
     return LwDetrForObjectDetection(config)
 

@@ -91,6 +91,40 @@ def test_every_island_names_nodes_of_its_family(family, exported):
     assert backbone and not backbone & int8
 
 
+@pytest.mark.model
+@pytest.mark.parametrize("family", VARIANT_FAMILIES)
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_detector_detects_with_each_familys_export(family, backend, exported):
+    """``runtime.Detector`` on a family's export (its preprocessing from the metadata) gives
+    PyTorch's detections of the checkpoint on the same photo, in both runtimes: labels equal,
+    boxes within 1e-3 px, scores within 5e-5 (tests/test_family_export.py's tolerances)."""
+    import numpy as np
+    import torch
+    from test_family_export import SCORES_ATOL
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from export.openvino_session import openvino_version
+    from finetune.pixels import pixel_values
+    from finetune.postprocess import DeployModel
+    from runtime import Detector
+
+    if backend == "openvino" and openvino_version() is None:
+        pytest.skip("OpenVINO is not installed (the [openvino] extra, in [dev], so on CI)")
+    source = exported[family]
+    checkpoint = source.parent / "checkpoint"
+    image = photo(IMAGE, IMAGE + 32, seed=7)  # resized by both sides to the model's size
+    got = Detector(source, threads=1, backend=backend).predict(image, threshold=0.0)[0]
+    deploy = DeployModel(AutoModelForObjectDetection.from_pretrained(checkpoint).eval()).eval()
+    pixels = pixel_values(AutoImageProcessor.from_pretrained(checkpoint), [image])
+    sizes = torch.tensor([[image.shape[1], image.shape[0]]])
+    with torch.no_grad():
+        labels, boxes, scores = (t[0].numpy() for t in deploy(pixels, sizes))
+    assert len(got.class_id) == len(labels) > 0, family
+    assert np.array_equal(got.class_id, labels), family
+    assert np.abs(got.xyxy - boxes).max() <= 1e-3, family
+    assert np.abs(got.confidence - scores).max() <= SCORES_ATOL, family
+
+
 def _feeding_the_decoder(model: onnx.ModelProto) -> set[str]:
     """The weighted nodes outside the decoder nearest upstream of it: the memory path (and
     the query selection's projection) that the decoder's attention reads."""

@@ -90,7 +90,9 @@ def _dinov3_without_empty_register_tokens(model: Any) -> contextlib.AbstractCont
     The fix: the same forward, with the register tokens concatenated only when there are any.
     Concatenating an empty tensor is the identity, so the embeddings are bit-for-bit the same
     (the prefix length downstream, ``1 + num_register_tokens``, is unchanged). Models with
-    register tokens are not touched.
+    register tokens are not touched. Measured after it: DEIMv2-S at 640 px (random weights,
+    settled) passes export's fp32 verification in OpenVINO as in ONNX Runtime, and the tiny
+    model's contract graph matches PyTorch in both (``tests/test_openvino_dinov3.py``).
     """
     from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTEmbeddings
 

@@ -92,12 +92,16 @@ def test_every_island_names_nodes_of_its_family(family, exported):
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("family", VARIANT_FAMILIES)
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize(
+    ("family", "backend"),
+    [*((family, "onnxruntime") for family in VARIANT_FAMILIES), ("lw_detr", "openvino")],
+)
 def test_detector_detects_with_each_familys_export(family, backend, exported):
     """``runtime.Detector`` on a family's export (its preprocessing from the metadata) gives
-    PyTorch's detections of the checkpoint on the same photo, in both runtimes: labels equal,
-    boxes within 1e-3 px, scores within 5e-5 (tests/test_family_export.py's tolerances)."""
+    PyTorch's detections of the checkpoint on the same photo: labels equal, boxes within
+    1e-3 px, scores within 5e-5 (tests/test_family_export.py's tolerances). OpenVINO for the
+    newest family only: each family's graph is compared with PyTorch there already
+    (test_family_export), and compiling costs 4-6 s a family (measured, load 6)."""
     import numpy as np
     import torch
     from test_family_export import SCORES_ATOL

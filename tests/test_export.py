@@ -6,8 +6,6 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +14,12 @@ import onnx
 import pytest
 import torch
 from dataset_factory import write_roboflow_coco
-from export_fixtures import write_run, write_warm_checkpoint, write_warm_dataset
+from export_fixtures import (
+    without_openvino,
+    write_run,
+    write_warm_checkpoint,
+    write_warm_dataset,
+)
 from model_factory import write_tiny_checkpoint
 
 from export import ExportResult, VerificationError, export_checkpoint
@@ -35,22 +38,6 @@ FAST = ["--max-images", "2", "--calibration-images", "2", "--threads", "1"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@contextmanager
-def _without_openvino() -> Iterator[None]:
-    """An export as where OpenVINO is not installed: its verification never gates what is
-    published, and the module fixtures' tests do not read it; it was half of the trained
-    export (101 of 212 s under cProfile: three compile_model calls, 195 inferences, three
-    mAPs). Where OpenVINO is asserted: every family's fp32 export (test_parity), a variant's
-    OpenVINO record in its sidecar (test_int8_sym_variant_sidecar_lists_each_runtime_and_...
-    below), a trained int8 file in OpenVINO, gated, in ``pytest bench/ --fast`` (its
-    openvino-int8 row)."""
-    import export.openvino_session
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(export.openvino_session, "openvino_version", lambda: None)
-        yield
-
-
 @pytest.fixture(scope="module")
 def pets_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny checkpoint whose labels are the pets dataset's classes (cat, dog)."""
@@ -60,11 +47,11 @@ def pets_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(pets_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
     """One export of a run with a dataset: fp32 + fp16 + int8 + slim + Triton, without
-    OpenVINO's verification (nothing here reads it: ``_without_openvino``)."""
+    OpenVINO's verification (nothing here reads it: ``without_openvino``)."""
     tmp = tmp_path_factory.mktemp("export")
     dataset = write_roboflow_coco(tmp / "pets")
     run = write_run(tmp / "runs", "pets", pets_checkpoint, dataset)
-    with _without_openvino():
+    with without_openvino():
         return export_checkpoint(
             run,
             run / "model.onnx",
@@ -166,11 +153,11 @@ def warm_exported(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
     must pass there (see ``export_fixtures.WARM_DATASET``). slim changes no precision and
     passes on the tiny model (``test_slim_passes_on_the_tiny_model``): not built here, which
     saves 17 of this fixture's 72 CPU-s (measured 71.9 -> 55.2, Intel Xeon, loaded machine).
-    Without OpenVINO's verification (``_without_openvino``)."""
+    Without OpenVINO's verification (``without_openvino``)."""
     tmp = tmp_path_factory.mktemp("warm-export")
     dataset = write_warm_dataset(tmp / "data")
     run = write_run(tmp / "runs", "warm", write_warm_checkpoint(tmp / "ckpt"), dataset)
-    with _without_openvino():
+    with without_openvino():
         return export_checkpoint(run, run / "model.onnx", variants=VARIANTS, threads=1)
 
 

@@ -16,8 +16,16 @@ import pytest
 pytestmark = pytest.mark.unit
 
 
-def test_graph_flops_count_conv_and_matmul(tmp_path: Path) -> None:
+def _save(graph: object, folder: Path) -> Path:
     import onnx
+    from onnx import helper
+
+    path = folder / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_graph_flops_count_conv_and_matmul(tmp_path: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     from bench.flops import graph_gflops
@@ -35,12 +43,41 @@ def test_graph_flops_count_conv_and_matmul(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
         [weight, matrix],
     )
-    path = tmp_path / "g.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = _save(graph, tmp_path)
     conv = 2 * (8 * 16 * 16) * (3 * 3 * 3)
     matmul = 2 * (16 * 16 * 5) * 8
     assert graph_gflops(path) * 1e9 == pytest.approx(conv + matmul)
     assert graph_gflops(path, batch=2) * 1e9 == pytest.approx(2 * (conv + matmul))
+
+
+def test_graph_flops_measure_shapes_that_static_inference_cannot_know(tmp_path: Path) -> None:
+    """A Pad by computed amounts (HGNetV2's stem does this) hides every later shape from ONNX
+    shape inference; graph_gflops measures them with one run instead of counting 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bench.flops import graph_gflops
+
+    weight = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")
+    mask = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "mask")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMin", ["x"], ["low"], keepdims=0),  # 1.0 on the ones fed
+            helper.make_node("Cast", ["low"], ["one"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["mask", "one"], ["pads"]),  # a value, not a shape
+            helper.make_node("Pad", ["x", "pads"], ["padded"]),  # 16x16 -> 18x18, unknown
+            helper.make_node("Conv", ["padded", "w"], ["y"], pads=[1, 1, 1, 1]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight, mask],
+    )
+    path = _save(graph, tmp_path)
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
+    padded = next(v for v in inferred.graph.value_info if v.name == "padded")
+    assert not padded.type.tensor_type.shape.dim[2].HasField("dim_value")  # statically unknown
+    assert graph_gflops(path) * 1e9 == pytest.approx(2 * (8 * 18 * 18) * (3 * 3 * 3))
 
 
 def test_percent_of_peak_refuses_a_figure_above_100() -> None:

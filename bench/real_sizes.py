@@ -186,12 +186,51 @@ def build_model(size: PublishedSize, seed: int = 0) -> Any:
     return model
 
 
+def tracer_sources() -> list[Path]:
+    """The toolkit's modules the traced file depends on: :mod:`export.onnx_export` and every
+    ``export``/``finetune``/``runtime`` module it imports, transitively, function-level
+    imports included (the family patches of :mod:`export.graph_fixes`, ``DeployModel``, the
+    metadata). Read from the sources, so a new patch module is covered without a list."""
+    import ast
+
+    import export
+
+    root = Path(export.__file__).resolve().parents[1]
+    found: set[Path] = set()
+    todo = [root / "export" / "onnx_export.py"]
+    while todo:
+        path = todo.pop()
+        if path in found or not path.is_file():
+            continue
+        found.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for name in names:
+                if name.split(".")[0] in ("export", "finetune", "runtime"):
+                    module = root.joinpath(*name.split("."))
+                    todo += [module.with_suffix(".py"), module / "__init__.py"]
+    return sorted(found)
+
+
+def tracer_digest() -> str:
+    """SHA-256 of :func:`tracer_sources` (names and bytes): in the graph cache's key, so a
+    graph fix (``export.dinov3_fixes``, say) rebuilds the cached graphs instead of gating
+    and timing the old ones."""
+    digest = hashlib.sha256()
+    for path in tracer_sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _cache_key(size: PublishedSize) -> str:
     from export.onnx_export import toolkit_version
 
     text = json.dumps(
         {
             "config": size.config().to_dict(),
+            "tracer": tracer_digest(),
             # the weights are settled on its pixels and the metadata records it
             "processor": processor_of(size).to_dict(),
             "torch": torch.__version__,

@@ -54,6 +54,7 @@ from bench.real_sizes import (
     processor_of,
     random_feed,
     settle,
+    tracer_sources,
 )
 from bench.report import MODEL, Latency, Results
 from bench.settings import BenchOptions
@@ -234,3 +235,26 @@ def test_settle_normalises_the_frozen_batch_norms() -> None:
         variance = out.var(dim=(0, 2, 3), unbiased=False)[live]
         torch.testing.assert_close(variance, torch.ones_like(variance), atol=2e-2, rtol=0)
     assert float(inputs[0].std()) > 0.1
+
+
+@pytest.mark.unit
+def test_graph_cache_key_covers_the_tracer_and_its_patches(monkeypatch) -> None:
+    """A cached real-size graph is keyed by every module the tracer imports: the DINOv3
+    register-token fix (export.dinov3_fixes) was benchmarked as the old graph while the key
+    hashed only the config and versions. Its patch modules, DeployModel and the metadata
+    are in the closure; a changed source gives a new key."""
+    from bench import real_sizes
+
+    names = {f"{p.parent.name}/{p.name}" for p in tracer_sources()}
+    assert {
+        "export/onnx_export.py",
+        "export/graph_fixes.py",
+        "export/dinov3_fixes.py",
+        "export/patching.py",
+        "finetune/postprocess.py",
+        "runtime/metadata.py",
+    } <= names
+    size = size_of("deimv2-s")
+    key = real_sizes._cache_key(size)
+    monkeypatch.setattr(real_sizes, "tracer_digest", lambda: "a changed graph fix")
+    assert real_sizes._cache_key(size) != key

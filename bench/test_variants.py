@@ -1,9 +1,9 @@
-"""Every variant this session exported passed export's verification (``--fast``: int8 and fp16).
+"""Every variant this session exported passed export's verification (``--fast``: int8 on a CPU).
 
 A failed variant also fails its rows (``bench.backends.require``); this test says it once,
 with export's reasons, including a variant whose row is not benchmarked on this device
-(fp16 on a CPU). Variants the session did not export (an ``--onnx`` without them) are not
-judged here.
+(fp16 on a CPU, where one was exported). Variants the session did not export (an ``--onnx``
+without them) are not judged here.
 """
 
 from __future__ import annotations

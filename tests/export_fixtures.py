@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.settings import FAST_DATASET
+
 __all__ = [
     "WARM_DATASET",
     "without_openvino",
@@ -27,7 +29,7 @@ __all__ = [
 # agreement 1.0, int8 mAP50:95 drop -0.0013 (gate 0.01), fp16 +0.0012 (gate 0.005); 96 px
 # mAP 0.12; 192 px int8 drop 0.024-0.044 (fails). The same world as `pytest bench/ --fast`.
 WARM_IMAGE_SIZE = 128
-WARM_DATASET = {"image_size": (128, 128), "split_sizes": (16, 4, 64), "max_objects": 5, "seed": 9}
+WARM_DATASET = FAST_DATASET  # one world: bench --fast's fp16 is proved here (its settings)
 
 
 def write_run(

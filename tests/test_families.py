@@ -87,7 +87,7 @@ def test_class_heads_are_reinitialised_for_the_dataset(model_type, tmp_path):
 # (tests/test_train.py, tests/test_export.py). RT-DETRv2's small model, two steps from random
 # init, ties its encoder scores at the query selection on every image (measured, seed 0):
 # it verifies because export's reference breaks exact ties as ONNX TopK does.
-@pytest.mark.parametrize("model_type", ["rt_detr_v2", "d_fine", "deimv2", "rf_detr"])
+@pytest.mark.parametrize("model_type", ["rt_detr_v2", "d_fine", "deimv2", "rf_detr", "lw_detr"])
 def test_finetune_scratch_family(model_type, mini_dataset, tmp_path, one_torch_thread):
     """``python -m finetune --checkpoint scratch:FAMILY``: trains, evaluates, writes best/
     (a checkpoint of that family), metrics.json (with the family) and the pictures; the run

@@ -171,7 +171,7 @@ def test_interleaved_rounds_rotate_the_order() -> None:
 PUBLISHED_PARAMS_M = {
     "rt_detr-r18": 20, "rt_detr-r50": 42, "rt_detr_v2-s": 20, "rt_detr_v2-m": 36,
     "d_fine-n": 3.8, "d_fine-s": 10, "d_fine-m": 19, "deimv2-s": 9.71,
-    "rf_detr-n": 30.5, "rf_detr-s": 32.1,
+    "rf_detr-n": 30.5, "rf_detr-s": 32.1, "lw_detr-t": 12.1, "lw_detr-s": 14.6,
 }  # fmt: skip
 
 

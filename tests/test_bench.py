@@ -167,7 +167,8 @@ def test_interleaved_rounds_rotate_the_order() -> None:
 
 # Parameters (millions) the authors publish: RT-DETR paper (R18 20, R50 42); RT-DETRv2 README
 # (S 20, M 36); D-FINE README (N 4, S 10, M 19); DEIMv2 README (S 9.71); RF-DETR README
-# (N 30.5, S 32.1). The rebuilt configs must land within 5%.
+# (N 30.5, S 32.1); LW-DETR paper (tiny 12.1, small 14.6). The rebuilt configs must land within
+# 5%.
 PUBLISHED_PARAMS_M = {
     "rt_detr-r18": 20, "rt_detr-r50": 42, "rt_detr_v2-s": 20, "rt_detr_v2-m": 36,
     "d_fine-n": 3.8, "d_fine-s": 10, "d_fine-m": 19, "deimv2-s": 9.71,

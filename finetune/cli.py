@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from finetune.families import FAMILIES
+
 __all__ = [
     "FinetuneArguments",
     "distributed_defaults",
@@ -55,7 +57,7 @@ class FinetuneArguments:
         metadata={
             "help": "'embedded' (small RT-DETR, CPU-friendly, warm-started), 'scratch' (the "
             "same model, random init), 'scratch:FAMILY' (a small model of FAMILY, random "
-            "init: rt_detr, rt_detr_v2, d_fine, deimv2, rf_detr), a hub id such as "
+            f"init: {', '.join(FAMILIES)}), a hub id such as "
             "PekingU/rtdetr_r50vd_coco_o365 or ustc-community/dfine-small-coco, or a local "
             "checkpoint folder of any of those families."
         },

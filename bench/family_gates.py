@@ -5,9 +5,10 @@ A row (a runtime and precision of one size) is timed only if its graph passes
 :func:`bench.real_sizes.settle`) weights: ``onnx.checker``, the contract, the metadata,
 detection agreement at batch 1 and 2 with the precision's tolerances
 (``export.verify.TOLERANCES``). These are the checks a published file passes, so a family
-whose graph is wrong in a runtime (OpenVINO refusing DEIMv2's DINOv3 Concat, an int8 graph
-whose detections move) is shown FAILED with the reason instead of a fast number. No mAP: the
-weights are random and the images have no ground truth.
+whose graph is wrong in a runtime (a runtime that cannot load it, as OpenVINO could not load
+DEIMv2's DINOv3 graph before export.dinov3_fixes; an int8 graph whose detections move) is
+shown FAILED with the reason instead of a fast number. No mAP: the weights are random and the
+images have no ground truth.
 
 An outcome is cached beside the graph (``<graph>.gate-<key>.json``), keyed by the runtime and
 its version, the tolerance, the images and the verification code (:func:`verification_sources`:

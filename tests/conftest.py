@@ -13,6 +13,15 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist (``-n 2``: one worker per core): one OpenMP thread per worker and per process it
+# starts, set before anything imports torch. Each worker's PyTorch otherwise ran one thread per
+# core, 2 workers x 2 threads on 2 cores, its OpenMP threads spinning while they wait: measured
+# on test_resume, test_reproducible and test_train (25 tests, -n 2, Intel Xeon Emerald Rapids,
+# load ~4-5) 88-122 CPU-s and 63-122 s without, 42-43 CPU-s and 26-48 s with. A value the
+# caller set is kept; a plain ``pytest`` (one process) keeps every core.
+if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture
 def roboflow_coco(tmp_path: Path) -> Path:

@@ -271,7 +271,7 @@ def _variant_row(
     """The verified file of variant ``name`` for a ``key`` row, or why the row is not run.
 
     A variant this session exported (``requested``) that failed is ``FAILED`` even where its
-    row is not benchmarked on this device (fp16 under ``--fast`` on a CPU): asked for, broken.
+    row is not benchmarked on this device (fp16 on a CPU, when asked for): asked for, broken.
     """
     if variant.status == "FAILED" and name in requested:
         return None, Unavailable(key, name, variant.status, variant.reason)

@@ -243,13 +243,10 @@ def peak_kernels(
     return {kernel.key: kernel for kernel in kernels if kernel.precision in precisions}
 
 
-def peak_gflops(
-    kernels: dict[str, PeakKernel], times: object = None
-) -> dict[str, tuple[float, str]]:
+def peak_gflops(kernels: dict[str, PeakKernel]) -> dict[str, tuple[float, str]]:
     """Per precision, the best throughput (GFLOP/s or GOP/s) of any single GEMM its kernels
     timed (``PeakKernel.samples``) and the kernel that reached it, with how many GEMMs it
-    timed. ``times`` (the rounds' timings of each ``call``, several GEMMs each) is accepted
-    for callers that pass it and not used."""
+    timed."""
     best: dict[str, tuple[float, str]] = {}
     for kernel in kernels.values():
         if not kernel.samples:

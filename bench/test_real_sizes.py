@@ -156,7 +156,7 @@ def test_real_size_latency(
         interleaved, args=(calls,), kwargs={"rounds": rounds}, rounds=1, iterations=1
     )
     gflops = graph_gflops(rows.fp32)
-    peaks = peak_gflops(kernels, times)
+    peaks = peak_gflops(kernels)
     impossible = []
     for name, gate in rows.gates.items():
         runtime, precision = rows.kinds[name]
@@ -169,8 +169,9 @@ def test_real_size_latency(
                 "gate": gate.describe(), "gate_cached": gate.cached,
                 "params_m": rows.params_m, "threads": bench_options.threads,
                 "gflops": gflops, "peak_gflops": peak, "peak_kernel": kernel,
-                "peak_how": f"best of {rounds} interleaved rounds after {WARMUP} warm-up, "
-                f"{bench_options.threads} threads", "warmup": WARMUP, "rounds": rounds,
+                "peak_how": f"best single GEMM, timed one by one in the rows' {rounds} "
+                f"interleaved rounds after {WARMUP} warm-up, {bench_options.threads} threads",
+                "warmup": WARMUP, "rounds": rounds,
                 "includes": f"random weights, latency only: {size.image_size}x{size.image_size} "
                 "tensor in -> labels/boxes/scores out; interleaved rounds",
             },

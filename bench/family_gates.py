@@ -82,13 +82,12 @@ def verification_sources() -> list[Path]:
 
 
 def _cache_path(path: Path, runtime: str, version: str, precision: str, images: int) -> Path:
+    from bench.settings import sources_digest
     from export.verify import TOLERANCES
 
-    code = hashlib.sha256()
-    for source in verification_sources():  # a changed check gives a new verdict
-        code.update(source.name.encode() + b"\0" + source.read_bytes())
+    code = sources_digest(verification_sources())  # a changed check gives a new verdict
     text = json.dumps(
-        [runtime, version, TOLERANCES[precision].to_dict(), images, GATE_IMAGES, code.hexdigest()],
+        [runtime, version, TOLERANCES[precision].to_dict(), images, GATE_IMAGES, code],
         sort_keys=True,
     )
     return path.with_name(f"{path.stem}.gate-{hashlib.sha256(text.encode()).hexdigest()[:10]}.json")

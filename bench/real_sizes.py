@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from bench.published_sizes import PublishedSize
-from bench.settings import cache_dir
+from bench.settings import cache_dir, sources_digest
 
 __all__ = [
     "CALIBRATION_IMAGES",
@@ -215,13 +215,10 @@ def tracer_sources() -> list[Path]:
 
 
 def tracer_digest() -> str:
-    """SHA-256 of :func:`tracer_sources` (names and bytes): in the graph cache's key, so a
-    graph fix (``export.dinov3_fixes``, say) rebuilds the cached graphs instead of gating
-    and timing the old ones."""
-    digest = hashlib.sha256()
-    for path in tracer_sources():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    """:func:`tracer_sources`' digest: in the graph cache's key, so a graph fix
+    (``export.dinov3_fixes``, say) rebuilds the cached graphs instead of gating and timing
+    the old ones."""
+    return sources_digest(tracer_sources())
 
 
 def _cache_key(size: PublishedSize) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,15 @@ def cache_dir() -> Path:
     """``$RTDETR_DEPLOY_CACHE/bench`` or ``~/.cache/rtdetr-deploy/bench``."""
     root = os.environ.get("RTDETR_DEPLOY_CACHE") or Path.home() / ".cache" / "rtdetr-deploy"
     return Path(root) / "bench"
+
+
+def sources_digest(sources: Iterable[Path]) -> str:
+    """SHA-256 of source files (each one's name and bytes), for a cache key that must change
+    when the code that made the cached thing does (graphs, gate verdicts)."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

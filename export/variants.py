@@ -165,6 +165,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -297,22 +298,42 @@ def _repair(graph: Any) -> None:
         if key is not None:
             seen[key] = node.SerializeToString()
         unique.append(node)
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = unique, []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ValueError(f"graph has a cycle or an undefined input near {pending[0].name!r}")
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
+    given = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    ordered = _topological(unique, given)
     copies = [type(n)() for n in ordered]
     for copy, node in zip(copies, ordered, strict=True):
         copy.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)
+
+
+def _topological(nodes: list[Any], given: set[str]) -> list[Any]:
+    """``nodes`` sorted so that each comes after the nodes writing its inputs (Kahn's
+    algorithm, ready nodes in their original order). Linear: the pass it replaced rescanned
+    every pending node once per graph level, ~1 s per fp16 file of the tiny models (3,798
+    scans of 3,000 nodes under cProfile)."""
+    writer = {out: index for index, node in enumerate(nodes) for out in node.output if out}
+    waiting = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    for index, node in enumerate(nodes):
+        for name in set(node.input) - given - {""}:
+            if name not in writer:
+                raise ValueError(f"undefined input {name!r} of node {node.name!r}")
+            waiting[index] += 1
+            readers[writer[name]].append(index)
+    ready = deque(index for index, count in enumerate(waiting) if count == 0)
+    ordered = []
+    while ready:
+        index = ready.popleft()
+        ordered.append(nodes[index])
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if len(ordered) != len(nodes):
+        stuck = next(n for i, n in enumerate(nodes) if waiting[i])
+        raise ValueError(f"graph has a cycle near {stuck.name!r}")
+    return ordered
 
 
 def _float_between_islands(graph: Any) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["xdist_order"]  # longest test files first under pytest-xdist
+
 # pytest-xdist (``-n 2``: one worker per core): one OpenMP thread per worker and per process it
 # starts, set before anything imports torch. Each worker's PyTorch otherwise ran one thread per
 # core, 2 workers x 2 threads on 2 cores, its OpenMP threads spinning while they wait: measured

@@ -329,3 +329,36 @@ def test_discrete_sampling_is_refused_for_families_without_it(tiny_checkpoint, t
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "rt_detr_v2, d_fine, deimv2 have it" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.unit
+def test_fp16_repair_sorts_the_converters_graph_and_drops_duplicate_casts() -> None:
+    """``convert_float_to_float16`` appends casts after their readers and may write one twice:
+    the repair leaves each node after its inputs' writers, one copy of an exact duplicate,
+    and refuses two different writers of one tensor and a cycle."""
+    from onnx import TensorProto, helper
+
+    from export.variants import _repair
+
+    cast = helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16, name="cast")
+    nodes = [
+        helper.make_node("Relu", ["x16"], ["a"], name="relu"),  # before the cast it reads
+        cast,
+        helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16, name="cast"),
+        helper.make_node("Add", ["a", "x16"], ["y"], name="add"),
+    ]
+
+    def graph(nodes: list) -> onnx.GraphProto:
+        io = [helper.make_tensor_value_info(n, t, [2]) for n, t in (("x", 1), ("y", 10))]
+        return helper.make_graph(nodes, "g", io[:1], io[1:])
+
+    repaired = graph(nodes)
+    _repair(repaired)
+    assert [n.name for n in repaired.node] == ["cast", "relu", "add"]
+    onnx.checker.check_model(helper.make_model(repaired), full_check=True)
+    other = helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT, name="cast")
+    with pytest.raises(ValueError, match="two different nodes write 'x16'"):
+        _repair(graph([*nodes, other]))
+    loop = [helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Relu", ["a"], ["b"])]
+    with pytest.raises(ValueError, match="cycle"):
+        _repair(graph([*loop, helper.make_node("Add", ["a", "x"], ["y"])]))

@@ -90,6 +90,7 @@ class _Context:
     reference: Any
     threads: int | None
     verify: bool
+    openvino: bool = True
 
 
 def _verified(report: VerificationReport, final: Path) -> dict[str, Any] | None:
@@ -142,6 +143,9 @@ def _verify_in_openvino(
 
     version = openvino_version()
     if version is None or not ctx.verify or not report.passed:
+        return
+    if not ctx.openvino:
+        report.not_verified.append(f"openvino {version}: not run (asked not to)")
         return
     ov = _verify(ctx, tmp, final, metadata, runtime="openvino")
     report.openvino = _outcome(f"openvino {version}", ov)
@@ -302,6 +306,7 @@ def export_checkpoint(
     calibration_images: int = 32,
     threads: int | None = None,
     decoder_method: str | None = None,
+    openvino: bool = True,
 ) -> ExportResult:
     """Export a checkpoint to a verified ONNX model with the label map and preprocessing inside.
 
@@ -323,6 +328,9 @@ def export_checkpoint(
         threads: ONNX Runtime intra-op threads for verification (default min(4, CPUs)).
         decoder_method: The model's ``config.decoder_method`` for this export (e.g.
             ``"discrete"``, RT-DETRv2 without GridSample; families that have the option).
+        openvino: Also verify every file in OpenVINO where it is installed (recorded in the
+            sidecar; ONNX Runtime's check alone gates publication). False skips it and the
+            sidecar's ``not_verified`` says so: for callers that check OpenVINO themselves.
 
     Returns:
         The published model, its report and metadata, and the variants' outcomes.
@@ -364,7 +372,7 @@ def export_checkpoint(
     loaded = load_checkpoint(source.checkpoint, decoder_method)
     metadata = build_metadata(loaded, opset=opset, num_top_queries=num_top_queries)
 
-    ctx = _Context(loaded, None, None, threads, verify)
+    ctx = _Context(loaded, None, None, threads, verify, openvino)
     if verify or set(INT8_VARIANTS) & set(variants):  # int8 calibrates on the same sources
         ctx.images = (
             caller_images(images)

@@ -24,8 +24,10 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +122,12 @@ def _run_page(
         gpu = ["--enable-unsafe-webgpu"] if provider == "webgpu" else ["--disable-gpu"]
         command = [chromium, "--headless=new", "--no-sandbox", *gpu, "--no-first-run"]
         command += ["--no-default-browser-check", f"--user-data-dir={profile}", url]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: _stop ends all of it
+        )
         try:
             return results.get(timeout=TIMEOUT_S)
         except queue.Empty:
@@ -128,12 +135,31 @@ def _run_page(
                 f"the page posted no result within {TIMEOUT_S:.0f} s ({url})"
             ) from None
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End Chromium and every process it started (renderer, GPU, network and storage
+    utilities: its process group) before its profile folder is removed. Ending the main
+    process alone left children writing the profile's cache: removing the folder then
+    failed, once in a full test run, with ``[Errno 39] Directory not empty: 'Cache'``."""
+    group = process.pid
+    try:
+        os.killpg(group, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, signal.SIGKILL)  # what the SIGTERM left
+        except ProcessLookupError:
+            break  # no process of the group is left
+        if process.poll() is None:
+            process.wait(timeout=1)
+        time.sleep(0.05)
 
 
 def verify_in_browser(

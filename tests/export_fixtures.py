@@ -5,17 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 from bench.settings import FAST_DATASET
 
 __all__ = [
     "WARM_DATASET",
-    "without_openvino",
     "write_run",
     "write_warm_checkpoint",
     "write_warm_dataset",
@@ -81,21 +76,3 @@ def write_warm_dataset(folder: Path) -> Path:
     labels = json.loads((WARMSTART_DIR / "config.json").read_text())["id2label"]
     classes = tuple(labels[str(i)] for i in range(len(labels)))
     return generate_dataset(folder, SyntheticSpec(name="warm", classes=classes, **WARM_DATASET))
-
-
-@contextmanager
-def without_openvino() -> Iterator[None]:
-    """An export as where OpenVINO is not installed, for tests that never read its outcome:
-    OpenVINO's verification never gates what is published, and it was half of the trained
-    export of test_export (101 of 212 s under cProfile: three compile_model calls, 195
-    inferences, three mAPs). Where OpenVINO is asserted: every family's fp32 export
-    (test_parity), a variant's OpenVINO record in its sidecar (test_export's
-    test_int8_sym_variant_sidecar_...), a trained int8 file gated in OpenVINO in
-    ``pytest bench/ --fast`` (its openvino-int8 row). Not used where an export runs in a
-    subprocess (tests/test_export_faults.py): there it saved nothing measurable (12.6-15.8
-    against 14.4-16.3 CPU-s per run, load ~4)."""
-    import export.openvino_session
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(export.openvino_session, "openvino_version", lambda: None)
-        yield

@@ -205,6 +205,51 @@ def page_run(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 # --- the gate ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
+def test_stop_ends_the_browsers_whole_process_group():
+    """A process group like Chromium's: the main process ends on SIGTERM, a child it started
+    ignores it (as a busy renderer may outlive it). ``_stop`` ends both, and quickly."""
+    import time
+
+    from runtime.web_verify import _stop
+
+    script = "(trap '' TERM; exec sleep 60) & exec sleep 60"
+    process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    time.sleep(0.3)  # the child is started
+    assert len(_group_members(process.pid)) == 2
+    started = time.monotonic()
+    _stop(process)
+    assert _group_members(process.pid) == [] and process.returncode is not None
+    assert time.monotonic() - started < 5
+
+
+def _group_members(group: int) -> list[int]:
+    """Live (not zombie) processes of process group ``group``."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        try:
+            state, _, pgrp = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == group and state != "Z":
+            members.append(int(proc.name))
+    return members
+
+
+def _browser_processes(marker: str) -> list[str]:
+    """Command lines of live (not zombie) processes that contain ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError, ValueError):
+            continue  # not a process, or it ended while read
+        if marker in cmdline and state != "Z":
+            found.append(cmdline)
+    return found
+
+
 def test_verify_records_the_browser_check(page_run):
     """``python -m runtime.web MODEL --verify``: PASSED, recorded in the sidecar."""
     verify = page_run["verify"]
@@ -216,6 +261,9 @@ def test_verify_records_the_browser_check(page_run):
     ]
     assert entry["passed"] and entry["provider"] == "wasm" and entry["failures"] == []
     assert entry["same_tensor"]["max_score_diff"] <= TENSOR_ATOL
+    # Chromium and every process it started are gone (runtime.web_verify._stop): a child
+    # left writing the profile's cache once made removing the profile fail (Errno 39)
+    assert _browser_processes("--user-data-dir=/tmp/rtdetr-web-") == []
     print(
         "\nbrowser check:",
         json.dumps({k: entry[k] for k in ("threads", "same_tensor", "same_jpeg")}),

@@ -157,8 +157,7 @@ def _stop(process: subprocess.Popen) -> None:
             os.killpg(group, signal.SIGKILL)  # what the SIGTERM left
         except ProcessLookupError:
             break  # no process of the group is left
-        if process.poll() is None:
-            process.wait(timeout=1)
+        process.wait()  # after SIGKILL: at once (returns at once if already reaped)
         time.sleep(0.05)
 
 

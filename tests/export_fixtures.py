@@ -9,12 +9,7 @@ from pathlib import Path
 
 from bench.settings import FAST_DATASET
 
-__all__ = [
-    "WARM_DATASET",
-    "write_run",
-    "write_warm_checkpoint",
-    "write_warm_dataset",
-]
+__all__ = ["WARM_DATASET", "write_run", "write_warm_checkpoint", "write_warm_dataset"]
 
 # A dataset of the warm start's own classes (finetune/assets/warmstart, trained on the
 # generated 'pretrain' world): on it the shipped checkpoint is a trained detector as it is, so

@@ -223,31 +223,28 @@ def test_stop_ends_the_browsers_whole_process_group():
     assert time.monotonic() - started < 5
 
 
-def _group_members(group: int) -> list[int]:
-    """Live (not zombie) processes of process group ``group``."""
-    members = []
-    for proc in Path("/proc").iterdir():
+def _live_processes() -> list[tuple[int, int, str]]:
+    """(pid, process group, command line) of every live (not zombie) process, from /proc."""
+    found = []
+    for proc in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
         try:
             state, _, pgrp = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, IndexError, ValueError):
-            continue
-        if int(pgrp) == group and state != "Z":
-            members.append(int(proc.name))
-    return members
+            continue  # it ended while read
+        if state != "Z":
+            found.append((int(proc.name), int(pgrp), cmdline))
+    return found
+
+
+def _group_members(group: int) -> list[int]:
+    """Live processes of process group ``group``."""
+    return [pid for pid, pgrp, _ in _live_processes() if pgrp == group]
 
 
 def _browser_processes(marker: str) -> list[str]:
-    """Command lines of live (not zombie) processes that contain ``marker``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError, ValueError):
-            continue  # not a process, or it ended while read
-        if marker in cmdline and state != "Z":
-            found.append(cmdline)
-    return found
+    """Command lines of live processes that contain ``marker``."""
+    return [cmdline for _, _, cmdline in _live_processes() if marker in cmdline]
 
 
 def test_verify_records_the_browser_check(page_run):

@@ -11,6 +11,7 @@ pixel xyxy, so PyTorch and ONNX predictions go through exactly the same code.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,11 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 __all__ = ["Boxes", "mean_average_precision"]
+
+# faster_coco_eval logs its progress and the whole COCO summary table at INFO on every
+# compute; under `python -m finetune` (root logger at INFO) that was 18 tables of 12 lines
+# amid the progress bars of one run. Our own callers print the figures they need.
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -60,6 +62,17 @@ def test_perfect_predictions_score_one() -> None:
     result = mean_average_precision(pred, gt, ["a", "b"])
     assert result["map"] == pytest.approx(1.0)
     assert result["map_a"] == pytest.approx(1.0) and result["map_b"] == pytest.approx(1.0)
+
+
+def test_scoring_is_silent_under_the_cli_logging(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m finetune` logs at INFO; mAP's backend must not add its tables to that."""
+    caplog.set_level(logging.INFO)
+    gt = [Boxes(np.array([[10, 10, 60, 80]], float), np.array([0]))]
+    mean_average_precision([Boxes(gt[0].xyxy, gt[0].class_id, np.array([0.9]))], gt, ["a"])
+    assert [r.getMessage() for r in caplog.records] == []
+    assert capsys.readouterr() == ("", "")
 
 
 def test_half_recall_is_51_over_101() -> None:

@@ -62,14 +62,14 @@ def mean_average_precision(
         raise ValueError(
             f"got {len(predictions)} prediction entries for {len(targets)} target images"
         )
+    # Imported here: torchmetrics' package import loads all of its metrics (text, image,
+    # torchvision's models): 1.3-1.7 CPU-s per process after torch and transformers, paid by
+    # every process that only needs `Boxes` (an export without a dataset, the bench backends).
+    from torchmetrics.detection import MeanAveragePrecision
+
     # sync_on_compute=False: the inputs are the whole set to score. Under torchrun the
     # default would all-gather them across processes (counting every image world-size times,
     # and hanging when only the main process scores the test split).
-    # Imported here: torchmetrics' package import loads all of its metrics (text, image,
-    # torchvision's models): 1.3-1.7 CPU-s per process after torch and transformers, paid by
-    # every process that only needs `Boxes` (an export without a dataset, the runtime's tests).
-    from torchmetrics.detection import MeanAveragePrecision
-
     metric = MeanAveragePrecision(
         box_format="xyxy",
         iou_type="bbox",

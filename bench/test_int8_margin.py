@@ -15,7 +15,7 @@ Measured on the default first run (``python -m finetune``, 2 epochs; see
 deviation) between 64-image subsets, so a recipe needs a drop near 0.005 or less for the
 64-image decision to be stable. Every backend gets the same preprocessed tensors as the
 accuracy gate (``parity_feeds``) and is scored by the project's one mAP function.
-Skipped under ``--fast`` (a few fine-tuning steps on 64 generated test images: the margin is
+Skipped under ``--fast`` (a few fine-tuning steps on 128 generated test images: the margin is
 the benchmarked model's to measure; --fast's int8 rows still pass the accuracy gates), as the
 other real-model tests are.
 """

@@ -3,7 +3,9 @@
 The benchmark suite trains the warm start a few steps, exports and gates it, and builds every
 family's ``--fast`` real-size rows (tracker issue 17: "``pytest bench/ --fast`` has its rows").
 It runs here, in a process of its own, rather than after the tests: it keeps about one core
-busy (1m55s user CPU over 1m46s wall, Intel Xeon Emerald Rapids, 2 cores, idle), so started
+busy (1m55s user CPU over 1m46s wall, Intel Xeon Emerald Rapids, 2 cores, idle; since its
+192 px, 128-image setting, ``bench.settings.FAST_DATASET``: 112 CPU-s over 116 s inside the
+suite, AMD EPYC Zen 4), so started
 first on one pytest-xdist worker (``xdist_order``) it runs beside the other worker's tests
 instead of after them, and CI waits for the longer of the two, not their sum.
 """

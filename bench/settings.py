@@ -54,9 +54,10 @@ DEFAULT_TRAIN_ARGS = ("--max_steps", "300")
 #
 # Why 192 px (the warm start's own size), 10 objects, 32 training and 128 test images: the
 # int8 gate (|ΔmAP50:95| <= 0.01) must decide the same way on every machine and install, and
-# a few steps of training are not bit-identical across them (opencv-python-headless 5.0 vs
-# 5.1 in the augmentations moved PyTorch's mAP by 1e-5 and OpenVINO int8's ΔmAP on the same
-# 64 images from +0.0068 to +0.0103: a failed CI). So the drop must sit several standard
+# a few steps of training are not bit-identical across them (a fresh install's
+# opencv-python-headless 5.1 and accelerate 1.16 instead of 5.0 and 1.15, not told apart,
+# moved PyTorch's mAP by 1e-5 and OpenVINO int8's ΔmAP on the same 64 images from +0.0068 to
+# +0.0103: a failed CI). So the drop must sit several standard
 # deviations inside the gate. Measured (AMD EPYC Zen 4, 2 threads, ONNX Runtime 1.32,
 # OpenVINO 2026.4.1): ΔmAP of each int8 file on a 512-image pool of the same world, and its
 # standard deviation over 100 random test sets of the size (sd), for the former setting

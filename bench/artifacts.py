@@ -19,6 +19,7 @@ from bench.settings import (
     DEFAULT_TRAIN_ARGS,
     FAST_DATASET,
     FAST_EXTRA_VARIANTS,
+    FAST_IMAGE_SIZE,
     FAST_TRAIN_ARGS,
     BenchOptions,
 )
@@ -235,7 +236,6 @@ def make_fast_artifacts(folder: Path, options: BenchOptions, announce: Announce)
     # the export's 47.7 s under cProfile (four compile_model calls, Intel Xeon, idle).
     export_run(source.checkpoint, source.default_output, variants, announce, openvino=False)
     steps = FAST_TRAIN_ARGS[FAST_TRAIN_ARGS.index("--max_steps") + 1]
-    size = FAST_TRAIN_ARGS[FAST_TRAIN_ARGS.index("--image_size") + 1]
     return Artifacts(
         checkpoint=source.checkpoint,
         onnx=source.default_output,
@@ -244,9 +244,9 @@ def make_fast_artifacts(folder: Path, options: BenchOptions, announce: Announce)
         variants=find_variants(source.default_output, variants),
         requested=variants,
         notes=[
-            f"--fast: the warm-started embedded model at {size} px, {steps} fine-tuning steps "
-            f"on a generated {'/'.join(map(str, spec.split_sizes))}-image dataset of its own "
-            "classes: a trained reference (every accuracy gate applies) that proves the suite "
-            "works; the latencies mean nothing"
+            f"--fast: the warm-started embedded model at {FAST_IMAGE_SIZE} px, {steps} "
+            f"fine-tuning steps on a generated {'/'.join(map(str, spec.split_sizes))}-image "
+            "dataset of its own classes: a trained reference (every accuracy gate applies) "
+            "that proves the suite works; the latencies mean nothing"
         ],
     )

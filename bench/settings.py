@@ -57,12 +57,12 @@ DEFAULT_TRAIN_ARGS = ("--max_steps", "300")
 # a few steps of training are not bit-identical across them (a fresh install's
 # opencv-python-headless 5.1 and accelerate 1.16 instead of 5.0 and 1.15, not told apart,
 # moved PyTorch's mAP by 1e-5 and OpenVINO int8's ΔmAP on the same 64 images from +0.0068 to
-# +0.0103: a failed CI). So the drop must sit several standard
-# deviations inside the gate. Measured (AMD EPYC Zen 4, 2 threads, ONNX Runtime 1.32,
-# OpenVINO 2026.4.1): ΔmAP of each int8 file on a 512-image pool of the same world, and its
-# standard deviation over 100 random test sets of the size (sd), for the former setting
-# (128 px, 5 objects, 16 training images = calibration images, 64 test) and this one; in
-# brackets the share of test sets beyond the gate:
+# +0.0103: a failed CI). So the drop must sit several standard deviations inside the gate.
+# Measured (AMD EPYC Zen 4, 2 threads, ONNX Runtime 1.32, OpenVINO 2026.4.1): ΔmAP of each
+# int8 file on a 512-image pool of the same world, and its standard deviation over 100 random
+# test sets of the size (sd), for the former setting (128 px, 5 objects, 16 training images
+# = calibration images, 64 test) and this one; in brackets the share of test sets beyond the
+# gate:
 #   128 px, 64 test:           ORT +0.0030 sd 0.0042 (5%), OpenVINO +0.0059 sd 0.0047 (24%)
 #   192 px, 5 objects, 32 train, 64 test: ORT +0.0016 sd 0.0040, OpenVINO +0.0030 sd 0.0048 (11%)
 #   192 px, 10 objects, 64 test:  ORT +0.0005 sd 0.0028, OpenVINO +0.0031 sd 0.0035 (1-4%)

@@ -1,7 +1,8 @@
 """The benchmark's torch.compile row on the tiny model: same outputs as eager, compile timed.
 
-Slow by nature (inductor compiles the whole graph on the first call: ~1 minute on 2 CPU
-cores); the real benchmark skips this row under ``--fast``, so this is where CI runs it.
+Slow by nature (inductor compiles the whole graph on the first call, C++ included: ~50 s
+and ~55 CPU-s cold on 2 cores, ``bench.backends.INDUCTOR_OPTIONS``); the real benchmark skips
+this row under ``--fast``, so this is where CI runs it.
 """
 
 from __future__ import annotations

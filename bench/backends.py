@@ -174,12 +174,14 @@ class TorchBackend:
 # tiny model's first call 88 CPU-s (default) -> 61 (C++ wrapper) -> 55 (and no precompiled
 # headers), g++ included; on the --fast checkpoint (5.1 M parameters, 192 px, 2 threads, 40
 # interleaved rounds) the same outputs as the default mode, median 32.0 ms (IQR 30.2-34.0) vs
-# 32.6 (30.8-35.7), eager 33.5, and a first call of 74 s vs 93 s.
+# 32.6 (30.8-35.7), eager 33.5, and a first call of 74 s vs 93 s (the C++ wrapper compiled
+# second in that process, the default first and cold). Not yet run on a CUDA device.
 INDUCTOR_OPTIONS = {"cpp_wrapper": True, "cpp_cache_precompile_headers": False}
 
 
 class CompiledTorchBackend(TorchBackend):
-    """PyTorch with ``torch.compile`` (inductor): what a PyTorch user tries first for speed.
+    """PyTorch with ``torch.compile`` (inductor, its C++ wrapper): what a PyTorch user tries
+    first for speed.
 
     The same ``DeployModel``, weights and inputs as eager. Compiled for one input shape,
     batch 1 (``dynamic=False``), and every call runs image by image, accuracy included, so
@@ -187,7 +189,7 @@ class CompiledTorchBackend(TorchBackend):
     cores and the compiled model runs 1.18x faster than eager on the default model.
     ``compile_s`` is the wall time of that first call, reported as its own column; the
     batch-N latency is not measured (a second shape would compile again).
-    Built with :data:`INDUCTOR_OPTIONS` (inductor's C++ wrapper).
+    Built with :data:`INDUCTOR_OPTIONS`.
     """
 
     runtime = "PyTorch compile"

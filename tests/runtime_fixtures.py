@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -221,3 +223,18 @@ def assert_annotated(
         return
     share = float(changed[outline].mean())
     assert share >= drawn, f"{path}: only {share:.0%} of the box outlines were drawn"
+
+
+def npm_installed(folder: Path, npm: str, package: str) -> Path:
+    """``folder`` (an example with a package-lock.json) with its npm dependencies installed:
+    ``npm ci --ignore-scripts`` unless ``package`` is already in its node_modules (``.ci/run``
+    installs both examples before the tests); a failed install fails the test with npm's
+    output."""
+    if not (folder / "node_modules" / package).is_dir():
+        done = subprocess.run(
+            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+            cwd=folder, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if done.returncode != 0:
+            pytest.fail(f"npm ci --ignore-scripts failed in {folder}:\n{done.stdout}{done.stderr}")
+    return folder

@@ -30,7 +30,7 @@ import numpy as np
 import PIL
 import pytest
 from PIL import Image
-from runtime_fixtures import gap_threshold, match_detections, photo
+from runtime_fixtures import gap_threshold, match_detections, npm_installed, photo
 
 from runtime import Detector, Preprocessing, preprocess
 from runtime.images import to_rgb_array
@@ -76,16 +76,7 @@ MIN_GAP = 10 * SCORE_ATOL  # thresholds sit in a score gap this wide
 @pytest.fixture(scope="module")
 def client() -> Path:
     """``examples/node`` with its dependencies installed (``npm ci`` when missing)."""
-    if not (CLIENT / "node_modules" / "onnxruntime-node").is_dir():
-        done = subprocess.run(
-            [NPM, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-            cwd=CLIENT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"npm ci --ignore-scripts failed in {CLIENT}:\n{done.stdout}{done.stderr}")
+    npm_installed(CLIENT, NPM, "onnxruntime-node")
     return SCRIPT
 
 

@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_fixtures import TORCH_FREE, box_outline, gap_threshold, match_detections, photo
+from runtime_fixtures import (
+    TORCH_FREE,
+    box_outline,
+    gap_threshold,
+    match_detections,
+    npm_installed,
+    photo,
+)
 
 from runtime import Detector
 from runtime.web import serve
@@ -79,13 +86,7 @@ def page_run(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     chromium = _chromium()
     if NODE is None or NPM is None:
         pytest.skip("the browser test drives Chromium with playwright-core: needs node and npm")
-    if not (PAGE / "node_modules" / "playwright-core").is_dir():
-        done = subprocess.run(
-            [NPM, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-            cwd=PAGE, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        if done.returncode != 0:
-            pytest.fail(f"npm ci --ignore-scripts failed in {PAGE}:\n{done.stdout}{done.stderr}")
+    npm_installed(PAGE, NPM, "playwright-core")
     tmp = tmp_path_factory.mktemp("web")
     # the session's export, copied: the browser check is recorded in its sidecar
     model = Path(shutil.copytree(tiny_onnx.parent, tmp / "m")) / tiny_onnx.name

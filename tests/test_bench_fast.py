@@ -1,13 +1,16 @@
-"""``pytest bench/ --fast --benchmark-disable``, run by the test suite as a user runs it.
+"""``pytest bench/ --fast --threads 1``, run by the test suite as a user runs it.
 
 The benchmark suite trains the warm start a few steps, exports and gates it, and builds every
 family's ``--fast`` real-size rows (tracker issue 17: "``pytest bench/ --fast`` has its rows").
-It runs here, in a process of its own, rather than after the tests: it keeps about one core
-busy (1m55s user CPU over 1m46s wall, Intel Xeon Emerald Rapids, 2 cores, idle; since its
-192 px, 128-image setting, ``bench.settings.FAST_DATASET``: 112 CPU-s over 116 s inside the
-suite, AMD EPYC Zen 4), so started
-first on one pytest-xdist worker (``xdist_order``) it runs beside the other worker's tests
-instead of after them, and CI waits for the longer of the two, not their sum.
+It runs here, in a process of its own, rather than after the tests: started first on one
+pytest-xdist worker (``xdist_order``) it runs beside the other worker's tests instead of after
+them, and CI waits for the longer of the two, not their sum.
+
+One thread (``--threads 1``), as every test process here has (tests/conftest.py): the other
+worker holds the second core. With the bench's default, both cores, it took more CPU and no
+less time even alone: two interleaved pairs on an idle AMD EPYC Zen 4 (2 cores), 2 threads
+123.8 s wall / 146.5 CPU-s and 124.3 s / 148.7, 1 thread 117.4 s / 119.2 and 111.2 s / 114.4,
+every row passed its gates in all four (PyTorch mAP50:95 0.7364 in each).
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ def bench_fast(
     """The benchmark's process and the JSON report it wrote."""
     base = tmp_path_factory.mktemp("bench-fast")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.pop("OMP_NUM_THREADS", None)  # tests/conftest.py's, per worker: the bench sets threads
+    env.pop("OMP_NUM_THREADS", None)  # tests/conftest.py's; the bench sets its own (--threads)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "bench/", "--fast", "--benchmark-disable", "-q",
-         "-p", "no:cacheprovider", "--basetemp", str(base / "tmp")],
+        [sys.executable, "-m", "pytest", "bench/", "--fast", "--threads", "1", "-q",
+         "--benchmark-disable", "-p", "no:cacheprovider", "--basetemp", str(base / "tmp")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     reports = sorted((base / "tmp").glob("bench-fast*/run/bench_report.json"))

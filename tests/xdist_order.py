@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-# Wall seconds per file, summed over its tests' setup + call + teardown: a full run of this
-# order (`pytest -n 2 --dist loadfile`, AMD EPYC Zen 4, 2 cores, Dec 3 2026, 7m21s on a slow
-# hour of that host; the two workers finished 14 s apart). test_bench_compile.py's inductor
-# compile is cold on CI (an empty cache), as it was in that run.
+# Wall seconds per file, summed over its tests' setup + call + teardown: one full run in the
+# former order of this table (`pytest -n 2 --dist loadfile`, AMD EPYC Zen 4, 2 cores, Dec 3
+# 2026, 7m21s on a slow hour of that host; its two workers finished 14 s apart).
+# test_bench_compile.py's inductor compile is cold on CI (an empty cache), as it was there.
 WALL_S = {
     "test_bench_fast.py": 129,
     "test_family_export.py": 80,
